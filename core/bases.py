@@ -1,0 +1,249 @@
+"""Registry of pretrained bases: builder, sizes, preprocessing, cut points.
+
+The registry itself is plain data (no TensorFlow import); building a base
+imports Keras lazily. Each base's preprocessing becomes a real Keras layer in
+front of it (see :func:`preprocessing_layer`), so every model built here takes
+raw RGB pixels in 0–255.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class WeightsError(Exception):
+    """Weights cannot be had or do not fit; the message says what and why."""
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    name: str
+    label: str
+    builder: str  # attribute of keras.applications
+    default_size: int
+    min_size: int
+    preprocess: str  # "tf" [-1, 1], "caffe" BGR - mean, "torch" mean/std, "none" (inside the base)
+    alphas: tuple[float, ...] = ()  # allowed width multipliers; () means no alpha
+    imagenet_sizes: tuple[int, ...] = ()  # sizes with their own ImageNet weights, if any
+    cut_pattern: str = r"$^"  # regex of layer names suggested as cut points
+
+    def builder_kwargs(self, alpha: float) -> dict:
+        return {"alpha": float(alpha)} if self.alphas else {}
+
+
+_SPECS = [
+    BaseSpec("mobilenet", "MobileNet", "MobileNet", 224, 32, "tf",
+             alphas=(0.25, 0.5, 0.75, 1.0), imagenet_sizes=(128, 160, 192, 224),
+             cut_pattern=r"^conv_pw_\d+_relu$"),
+    BaseSpec("mobilenet_v2", "MobileNetV2", "MobileNetV2", 224, 32, "tf",
+             alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4), imagenet_sizes=(96, 128, 160, 192, 224),
+             cut_pattern=r"^(block_\d+_add|out_relu)$"),
+    BaseSpec("inception_v3", "InceptionV3", "InceptionV3", 299, 75, "tf",
+             cut_pattern=r"^mixed\d+$"),
+    BaseSpec("efficientnet_b0", "EfficientNetB0", "EfficientNetB0", 224, 32, "none",
+             cut_pattern=r"^(block\d+[a-z]_add|top_activation)$"),
+    BaseSpec("resnet50", "ResNet50", "ResNet50", 224, 32, "caffe",
+             cut_pattern=r"^conv\d_block\d+_out$"),
+    BaseSpec("resnet50_v2", "ResNet50V2", "ResNet50V2", 224, 32, "tf",
+             cut_pattern=r"^(conv\d_block\d+_out|post_relu)$"),
+    BaseSpec("densenet121", "DenseNet121", "DenseNet121", 224, 32, "torch",
+             cut_pattern=r"^(pool\d_pool|relu)$"),
+]
+BASES: dict[str, BaseSpec] = {s.name: s for s in _SPECS}
+
+
+def get_spec(name: str) -> BaseSpec:
+    try:
+        return BASES[name]
+    except KeyError:
+        raise ValueError(f"base: Expected one of {', '.join(BASES)}. Received: {name!r}") from None
+
+
+# -- preprocessing as a layer ---------------------------------------------------------
+
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+def preprocessing_layer(mode: str):
+    """The base's ``preprocess_input`` as a built-in Keras layer (reloads safely, no Lambda).
+
+    Returns None for bases that preprocess inside themselves.
+    """
+    import numpy as np
+    from keras import layers
+
+    if mode == "tf":  # x / 127.5 - 1
+        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_tf")
+    if mode == "torch":  # (x / 255 - mean) / std, per RGB channel
+        mean = [255.0 * m for m in TORCH_MEAN]
+        var = [(255.0 * s) ** 2 for s in TORCH_STD]
+        return layers.Normalization(mean=mean, variance=var, name="preprocess_torch")
+    if mode == "caffe":  # RGB -> BGR, minus the ImageNet mean; a fixed 1x1 convolution
+        perm = np.zeros((1, 1, 3, 3), np.float32)
+        for out_c, in_c in enumerate((2, 1, 0)):
+            perm[0, 0, in_c, out_c] = 1.0
+        bias = -np.asarray(CAFFE_MEAN_BGR, np.float32)
+        layer = layers.Conv2D(3, 1, name="preprocess_caffe", trainable=False,
+                              kernel_initializer=_const(perm), bias_initializer=_const(bias))
+        return layer
+    if mode == "none":
+        return None
+    raise ValueError(f"preprocess: Expected one of tf, caffe, torch, none. Received: {mode!r}")
+
+
+def _const(value):
+    import keras
+
+    return keras.initializers.Constant(value)
+
+
+# -- building ------------------------------------------------------------------------
+
+def build_base(name: str, image_size: int | None = None, alpha: float = 1.0, weights: str = "imagenet"):
+    """Build the headless base (``include_top=False``) with the requested weights.
+
+    ``weights`` is ``"imagenet"`` (Keras download, cached in ``~/.keras``),
+    ``"none"`` (random initialisation) or the path of a weights file (legacy
+    Keras applications ``.h5`` or Keras 3 ``.weights.h5``). Raises
+    :class:`WeightsError` with a message that says what went wrong.
+    """
+    import keras
+
+    spec = get_spec(name)
+    size = int(image_size or spec.default_size)
+    builder = getattr(keras.applications, spec.builder)
+    kwargs = dict(include_top=False, input_shape=(size, size, 3), **spec.builder_kwargs(alpha))
+    if weights == "none":
+        return builder(weights=None, **kwargs)
+    if weights == "imagenet":
+        try:
+            return builder(weights="imagenet", **kwargs)
+        except Exception as e:  # Keras raises a bare Exception on a failed download
+            if "fetch failure" in str(e) or isinstance(e, OSError):
+                raise WeightsError(
+                    f"could not download the ImageNet weights for {spec.label} (no internet connection?). "
+                    "Use a weights file instead (--weights PATH, e.g. a Keras applications *_notop.h5), "
+                    "or --weights none to train from scratch"
+                ) from None
+            raise WeightsError(f"ImageNet weights for {spec.label}: {_first_line(e)}") from None
+    return _build_with_file(spec, builder, kwargs, Path(weights), alpha, size)
+
+
+def _build_with_file(spec: BaseSpec, builder, kwargs, path: Path, alpha: float, size: int):
+    what = f"{spec.label}" + (f" (alpha {alpha})" if spec.alphas else "") + ", no top"
+    if not path.is_file():
+        raise WeightsError(f"weights: Expected a weights file for {what}. Received: {path} (no such file)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head != HDF5_MAGIC:
+        from core.images import describe_bytes
+
+        raise WeightsError(
+            f"weights: Expected an HDF5 weights file (.h5 or .weights.h5) for {what}. "
+            f"Received: {path.name}, which is {describe_bytes(head)}, not HDF5"
+        )
+    found = describe_weights_file(path)
+    if found.get("has_top"):
+        raise WeightsError(
+            f"weights: Expected a no-top weights file for {what} (names end in _notop.h5 / no_top). "
+            f"Received: {path.name}, which includes the classification top ({found['top_layer']})"
+        )
+    if found.get("format") not in ("legacy h5", "keras3 weights.h5"):
+        raise WeightsError(
+            f"weights: Expected a Keras weights file for {what}. "
+            f"Received: {path.name}, an HDF5 file with no Keras weights layout ({found.get('format')})"
+        )
+    base = builder(weights=None, **kwargs)
+    try:
+        _load_weights(base, path, legacy=found["format"] == "legacy h5")
+    except Exception as e:
+        n = found.get("layers")
+        expected = sum(1 for layer in base.layers if layer.weights)
+        got = f"a {found['format']} file with {n} weighted layers" if n else "a file of another layout"
+        raise WeightsError(
+            f"weights: Expected weights for {what} ({expected} weighted layers). "
+            f"Received: {path.name}, {got}; Keras says: {_first_line(e)}"
+        ) from None
+    return base
+
+
+def _load_weights(base, path: Path, legacy: bool):
+    """Load by content, whatever the file is called (an upload may lose its suffix).
+
+    Keras picks the reader from the name: ``*.weights.h5`` is Keras 3, other
+    ``*.h5`` the legacy Keras 2 layout; a copy with the right name is used when
+    the name says otherwise.
+    """
+    import shutil
+    import tempfile
+
+    name = path.name.lower()
+    right = (name.endswith(".h5") and not name.endswith(".weights.h5")) if legacy else name.endswith(".weights.h5")
+    if right:
+        base.load_weights(str(path))
+        return
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d) / ("legacy.h5" if legacy else "upload.weights.h5")
+        shutil.copyfile(path, tmp)
+        base.load_weights(str(tmp))
+
+
+def describe_weights_file(path: str | Path) -> dict:
+    """What an HDF5 weights file holds: format, weighted layer count, a classification top."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "layer_names" in f.attrs or "model_weights" in f:
+                g = f["model_weights"] if "model_weights" in f else f
+                names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("layer_names", [])]
+                weighted = [n for n in names if n in g and len(g[n].attrs.get("weight_names", [])) > 0]
+                top = next((n for n in names if re.fullmatch(r"(predictions|fc1000|probs|logits|Logits)", n)), None)
+                return {"format": "legacy h5", "layers": len(weighted), "has_top": bool(top), "top_layer": top}
+            if "layers" in f:
+                names = list(f["layers"].keys())
+                top = next((n for n in names if re.fullmatch(r"(predictions|fc1000|probs|logits)", n)), None)
+                return {"format": "keras3 weights.h5", "layers": len(names), "has_top": bool(top), "top_layer": top}
+            return {"format": "unknown h5"}
+    except OSError:
+        return {"format": "unreadable"}
+
+
+def cut_base(base, cut: str | None):
+    """The base truncated at layer ``cut`` (built on the base itself, before wrapping)."""
+    import keras
+
+    if not cut or cut == base.layers[-1].name:
+        return base
+    try:
+        layer = base.get_layer(cut)
+    except ValueError:
+        import difflib
+
+        close = difflib.get_close_matches(cut, [layer.name for layer in base.layers], n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        from core.config import ConfigError
+
+        raise ConfigError(f"cut: Expected a layer name of {base.name}. Received: {cut!r}.{hint}") from None
+    if isinstance(layer.output, (list, tuple)) or len(layer.output.shape) != 4:
+        from core.config import ConfigError
+
+        raise ConfigError(f"cut: Expected a layer with an image-shaped (H, W, C) output. "
+                          f"Received: {cut} with output {layer.output.shape}")
+    return keras.Model(base.input, layer.output, name=f"{base.name}_to_{cut}")
+
+
+def suggested_cuts(base, name: str) -> list[tuple[str, tuple]]:
+    """Named cut points with their output shapes, in order (e.g. mixed0 … mixed10)."""
+    pattern = re.compile(get_spec(name).cut_pattern)
+    return [(layer.name, tuple(layer.output.shape)) for layer in base.layers if pattern.match(layer.name)]
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

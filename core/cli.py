@@ -1,0 +1,177 @@
+"""The headless command: ``python -m core train …`` and ``python -m core predict …``.
+
+The same core the app calls: this file only parses arguments, prints
+progress and maps errors to exit codes (2: wrong command line or setting,
+1: data, weights or model problems). A user mistake is one ``error: …`` line,
+never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import signal
+import sys
+from pathlib import Path
+
+from core.config import ConfigError, ExperimentConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        print(f"error: {message} (see: python -m core {self.prog.split()[-1]} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m core", description="Transfer Lab: transfer learning from the command line.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    t = sub.add_parser("train", help="train a model on a folder or zip of class folders")
+    t.add_argument("--data", required=True, help="folder or .zip with class folders, or train/ + validation/")
+    t.add_argument("--out", required=True, help="run folder to write model.keras, config.json, … into")
+    t.add_argument("--config", help="a config.json (as written into a run folder); flags override it")
+    t.add_argument("--base", help="mobilenet, mobilenet_v2 (default), inception_v3, efficientnet_b0, resnet50, …")
+    t.add_argument("--alpha", type=float, help="width of MobileNet families (default 1.0)")
+    t.add_argument("--image-size", type=int, help="square input size (default: the base's)")
+    t.add_argument("--weights", help="imagenet (default), none, or a weights file (.h5 / .weights.h5)")
+    t.add_argument("--freeze", help="all (default), none, up-to:LAYER, top:N")
+    t.add_argument("--cut", help="attach the head at this layer of the base (default: its last)")
+    t.add_argument("--train-batchnorm", action="store_true", default=None,
+                   help="let unlocked BatchNorm layers train too (off by default)")
+    t.add_argument("--pooling", help="gap (default) or flatten")
+    t.add_argument("--dense", type=int, action="append", help="units of a hidden dense layer; repeat for several; 0 for none (default 128)")
+    t.add_argument("--dropout", type=float, action="append", help="rate after each hidden dense layer, 0 <= rate < 1 (default 0.2); repeat for one per layer")
+    t.add_argument("--augment", help="none (default) or default (flip, rotation, zoom, shift, contrast)")
+    t.add_argument("--optimizer", help="rmsprop (default), adam or sgd")
+    t.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    t.add_argument("--epochs", type=int, help="default 10")
+    t.add_argument("--batch-size", type=int, help="default 32")
+    t.add_argument("--val-split", type=float, help="validation fraction when the data has no validation/ (default 0.2)")
+    t.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val_loss (default off)")
+    t.add_argument("--seed", type=int, help="seeds the split, the weights and the shuffling (default 0)")
+    t.add_argument("--quiet", action="store_true", help="print only the summary")
+
+    pr = sub.add_parser("predict", help="predict the classes of images with a trained model.keras")
+    pr.add_argument("model", help="a model.keras written by train")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--top", type=int, default=1, help="rows per image, best first (default 1)")
+    return p
+
+
+def config_from_args(args) -> ExperimentConfig:
+    """Defaults, then the --config file, then the flags given."""
+    cfg = ExperimentConfig.load(args.config).to_dict() if args.config else ExperimentConfig().to_dict()
+    flags = {
+        "base": args.base, "alpha": args.alpha, "image_size": args.image_size, "weights": args.weights,
+        "freeze": args.freeze, "cut": args.cut, "train_batchnorm": args.train_batchnorm, "pooling": args.pooling,
+        "augment": args.augment, "optimizer": args.optimizer, "lr": args.lr, "epochs": args.epochs,
+        "batch_size": args.batch_size, "val_split": args.val_split, "early_stopping": args.early_stopping,
+        "seed": args.seed,
+    }
+    cfg.update({k: v for k, v in flags.items() if v is not None})
+    if args.dense is not None:
+        cfg["dense"] = [] if args.dense == [0] else args.dense
+    if args.dropout is not None:
+        cfg["dropout"] = args.dropout[0] if len(args.dropout) == 1 else args.dropout
+    if args.base is not None and args.image_size is None and not args.config:
+        cfg["image_size"] = None
+    return ExperimentConfig.from_dict(cfg).validate()
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def cmd_train(args) -> int:
+    from core.bases import WeightsError
+    from core.data import DataError, load_dataset
+
+    config = config_from_args(args)  # ConfigError → exit 2 before any work
+    _quiet_tensorflow()
+    err = sys.stderr
+    data = load_dataset(args.data, val_split=config.val_split, seed=config.seed)
+    print(f"data: {data.summary()} ({', '.join(data.class_names)})", file=err)
+    for s in data.skipped:
+        print(f"skipped: {s.path}: {s.reason}", file=err)
+    for n in data.notes:
+        print(f"note: {n}", file=err)
+
+    from core.train import StopFlag, TrainingListener, train
+
+    class Printer(TrainingListener):
+        def on_train_begin(self, plan):
+            if not args.quiet:
+                how = "base features once, then the head" if plan.path == "features" else "the whole model each epoch"
+                print(f"training {config.base} ({config.weights_label()}), {plan.params['trainable']:,} trainable / "
+                      f"{plan.params['locked']:,} locked parameters; {how}", file=err)
+            for w in plan.warnings:
+                print(f"warning: {w}", file=err)
+
+        def on_epoch_end(self, e):
+            if not args.quiet:
+                lg = e.logs
+                print(f"epoch {e.epoch}/{e.epochs}  loss {lg['loss']:.4f}  accuracy {lg['accuracy']:.4f}  "
+                      f"val_loss {lg['val_loss']:.4f}  val_accuracy {lg['val_accuracy']:.4f}  ({lg['seconds']:.1f}s)", file=err)
+
+    stop = StopFlag()
+
+    def on_sigint(signum, frame):
+        print("stopping after this batch; finished epochs are kept", file=err)
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = train(config, data, listeners=[Printer()], stop=stop, run_dir=args.out)
+    except WeightsError:
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if result.best_epoch is None:
+        print(f"error: run {result.status} before an epoch finished; nothing to save but {args.out}/run.json", file=err)
+        return 1
+    print(f"{result.status}: best val_accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
+          f"saved {Path(args.out) / 'model.keras'}", file=err)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    if args.top < 1:
+        raise ConfigError(f"top: Expected an integer of at least 1. Received: {args.top}")
+    _quiet_tensorflow()
+    from core.export import load_model
+    from core.predict import predict_files
+
+    model, class_names = load_model(args.model)
+    preds, failures = predict_files(model, class_names, args.images, top=args.top)
+    w = csv.writer(sys.stdout)
+    w.writerow(["path", "class", "probability"])
+    for p in preds:
+        for name, prob in p.top:
+            w.writerow([p.path, name, f"{prob:.6f}"])
+    sys.stdout.flush()
+    for path, reason in failures:
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.bases import WeightsError
+    from core.data import DataError
+    from core.export import ModelFileError
+
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help(sys.stderr)
+        return 2
+    try:
+        return cmd_train(args) if args.command == "train" else cmd_predict(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, WeightsError, ModelFileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

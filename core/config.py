@@ -1,0 +1,195 @@
+"""Experiment configuration: one validated dataclass that round-trips to JSON.
+
+This module sits at the bottom of ``core``: it imports nothing heavy, so pages
+and the command line can read, check and write configs without TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+POOLINGS = ("gap", "flatten")
+AUGMENTS = ("none", "default")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+# A Flatten head on a large feature map multiplies H*W*C by the units of the
+# first dense layer; past this many head parameters we refuse and suggest GAP.
+MAX_HEAD_PARAMS = 60_000_000
+
+
+class ConfigError(ValueError):
+    """A setting is invalid. The message says what was expected and received."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+@dataclass
+class ExperimentConfig:
+    base: str = "mobilenet_v2"
+    alpha: float = 1.0
+    image_size: int | None = None  # None: the base's default size
+    weights: str = "imagenet"  # "imagenet", "none", or a path to a weights file
+    freeze: str = "all"  # "all", "none", "up-to:LAYER", "top:N"
+    cut: str | None = None  # attach the head at this layer of the base
+    train_batchnorm: bool = False  # unlocked BatchNorm layers stay locked unless True
+    pooling: str = "gap"
+    dense: list[int] = field(default_factory=lambda: [128])
+    dropout: float | list[float] = 0.2  # one rate for all dropout layers, or one per layer
+    augment: str = "none"
+    optimizer: str = "rmsprop"
+    lr: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 32
+    val_split: float = 0.2
+    early_stopping: int = 0  # patience in epochs on val_loss; 0 is off
+    seed: int = 0
+
+    # -- derived -------------------------------------------------------------
+    def resolved_image_size(self) -> int:
+        if self.image_size is not None:
+            return int(self.image_size)
+        from core.bases import get_spec
+
+        return get_spec(self.base).default_size
+
+    def dropout_rates(self) -> list[float]:
+        """One rate per dropout layer: after each dense layer, or one before the output."""
+        n = max(1, len(self.dense))
+        if isinstance(self.dropout, (list, tuple)):
+            return [float(r) for r in self.dropout]
+        return [float(self.dropout)] * n
+
+    def weights_label(self) -> str:
+        if self.weights == "none":
+            return "none (from scratch)"
+        if self.weights == "imagenet":
+            return "imagenet"
+        return f"file: {Path(self.weights).name}"
+
+    # -- validation ----------------------------------------------------------
+    def problems(self) -> list[str]:
+        """Every invalid setting, each as 'name: Expected … Received: …'."""
+        from core.bases import BASES, get_spec
+        from core.freeze import FreezeSpec
+
+        out: list[str] = []
+
+        def bad(name, expected, received):
+            out.append(f"{name}: Expected {expected}. Received: {received!r}")
+
+        if self.base not in BASES:
+            bad("base", f"one of {', '.join(BASES)}", self.base)
+            spec = None
+        else:
+            spec = get_spec(self.base)
+        if not _is_number(self.alpha) or self.alpha <= 0:
+            bad("alpha", "a positive width multiplier", self.alpha)
+        elif spec and spec.alphas and float(self.alpha) not in spec.alphas:
+            bad("alpha", f"one of {', '.join(str(a) for a in spec.alphas)} for {self.base}", self.alpha)
+        elif spec and not spec.alphas and float(self.alpha) != 1.0:
+            bad("alpha", f"1.0 ({self.base} has no width multiplier)", self.alpha)
+        if self.image_size is not None:
+            lo = spec.min_size if spec else 32
+            if not _is_int(self.image_size) or self.image_size < lo or self.image_size > 1024:
+                bad("image_size", f"an integer from {lo} to 1024", self.image_size)
+        if not isinstance(self.weights, str) or not self.weights:
+            bad("weights", "'imagenet', 'none' or a path to a weights file", self.weights)
+        elif self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
+            bad("weights", "'imagenet', 'none' or an existing weights file", self.weights)
+        try:
+            FreezeSpec.parse(self.freeze)
+        except ConfigError as e:
+            out.extend(e.problems)
+        if self.cut is not None and (not isinstance(self.cut, str) or not self.cut):
+            bad("cut", "a layer name of the base", self.cut)
+        if self.pooling not in POOLINGS:
+            bad("pooling", f"one of {', '.join(POOLINGS)}", self.pooling)
+        if not isinstance(self.dense, (list, tuple)) or not all(_is_int(u) and u > 0 for u in self.dense):
+            bad("dense", "a list of positive unit counts (empty for no hidden layer)", self.dense)
+        rates = self.dropout if isinstance(self.dropout, (list, tuple)) else [self.dropout]
+        for r in rates:
+            if not _is_number(r) or not 0 <= r < 1:
+                bad("dropout", "a rate with 0 <= rate < 1", r)
+        if isinstance(self.dropout, (list, tuple)) and isinstance(self.dense, (list, tuple)):
+            n = max(1, len(self.dense))
+            if len(self.dropout) != n:
+                bad("dropout", f"{n} rate(s), one per dropout layer", list(self.dropout))
+        if self.augment not in AUGMENTS:
+            bad("augment", f"one of {', '.join(AUGMENTS)}", self.augment)
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"one of {', '.join(OPTIMIZERS)}", self.optimizer)
+        if not _is_number(self.lr) or not 0 < self.lr <= 10:
+            bad("lr", "a learning rate with 0 < lr <= 10", self.lr)
+        if not _is_int(self.epochs) or not 1 <= self.epochs <= 1000:
+            bad("epochs", "an integer from 1 to 1000", self.epochs)
+        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= 4096:
+            bad("batch_size", "an integer from 1 to 4096", self.batch_size)
+        if not _is_number(self.val_split) or not 0 < self.val_split < 1:
+            bad("val_split", "a fraction with 0 < val_split < 1", self.val_split)
+        if not _is_int(self.early_stopping) or self.early_stopping < 0:
+            bad("early_stopping", "a patience of 0 (off) or more epochs", self.early_stopping)
+        if not _is_int(self.seed) or self.seed < 0:
+            bad("seed", "a non-negative integer", self.seed)
+        if not isinstance(self.train_batchnorm, bool):
+            bad("train_batchnorm", "true or false", self.train_batchnorm)
+        return out
+
+    def validate(self) -> "ExperimentConfig":
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    # -- JSON ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dense"] = list(self.dense)
+        if isinstance(self.dropout, tuple):
+            d["dropout"] = list(self.dropout)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExperimentConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: Expected a JSON object. Received: {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"config: Expected only the keys {', '.join(sorted(known))}. "
+                f"Received unknown key(s): {', '.join(unknown)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExperimentConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config: Expected valid JSON. Received: {e}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExperimentConfig":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"config: Expected a readable JSON file. Received: {path} ({e.strerror})") from None
+        return cls.from_json(text)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -1,0 +1,393 @@
+"""Datasets: find the classes in a folder or zip, decode every file once, split.
+
+``load_dataset(path)`` returns :class:`DataSplits`: train / validation (/ test)
+:class:`ImageDataset` objects holding file paths and integer labels, the sorted
+class names, and every file that was skipped with the reason. Every image is
+decoded once here, so training never meets a file it cannot decode.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.images import ImageDecodeError, decode_image, image_format
+
+JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
+JUNK_DIRS = {"__macosx", ".ipynb_checkpoints", "__pycache__", ".git", ".svn", ".trash", "$recycle.bin"}
+SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "validation": "validation", "val": "validation", "valid": "validation",
+    "test": "test", "testing": "test",
+}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
+# Decode size used to check files up front (JPEG draft makes this cheap).
+CHECK_SIZE = 64
+WORKERS = max(2, min(8, os.cpu_count() or 2))
+
+
+class DataError(Exception):
+    """The data cannot be used; the message says what was expected and what was found."""
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageDataset:
+    paths: list[str]
+    labels: np.ndarray  # int32, index into class_names
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        c = np.bincount(self.labels, minlength=len(self.class_names)) if len(self.labels) else np.zeros(len(self.class_names), int)
+        return {name: int(n) for name, n in zip(self.class_names, c)}
+
+
+@dataclass
+class DataSplits:
+    root: str
+    class_names: list[str]
+    train: ImageDataset
+    validation: ImageDataset
+    test: ImageDataset | None = None
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    layout: str = "classes"  # "classes" (split made here) or "splits" (train/validation folders)
+
+    def fingerprint(self) -> str:
+        """Stable id of the exact files, labels and split (for caches and configs)."""
+        h = hashlib.sha256()
+        for name, ds in (("train", self.train), ("validation", self.validation), ("test", self.test)):
+            if ds is None:
+                continue
+            for p, y in zip(ds.paths, ds.labels):
+                st = os.stat(p)
+                h.update(f"{name}|{p}|{int(y)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> str:
+        parts = [f"{len(self.class_names)} classes", f"{len(self.train)} train", f"{len(self.validation)} validation"]
+        if self.test is not None:
+            parts.append(f"{len(self.test)} test")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped")
+        return ", ".join(parts)
+
+
+# -- finding files ---------------------------------------------------------------
+
+def is_junk(name: str) -> bool:
+    low = name.lower()
+    return low in JUNK_FILES or low in JUNK_DIRS or name.startswith(".") or name.startswith("~$")
+
+
+def _visible_children(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if not is_junk(p.name))
+    except OSError as e:
+        raise DataError(f"cannot read folder {folder}: {e.strerror}") from None
+
+
+def _files_under(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not is_junk(f))
+    return out
+
+
+def _unwrap(root: Path) -> Path:
+    """Descend through single wrapper folders (``photos.zip`` → ``photos/``)."""
+    for _ in range(5):
+        kids = _visible_children(root)
+        dirs = [k for k in kids if k.is_dir()]
+        files = [k for k in kids if k.is_file()]
+        inner_dirs = [k for k in _visible_children(dirs[0]) if k.is_dir()] if len(dirs) == 1 else []
+        # A single folder holding folders is a wrapper; one holding only images is a (lone) class.
+        if len(dirs) == 1 and not files and inner_dirs and dirs[0].name.lower() not in SPLIT_NAMES:
+            root = dirs[0]
+        else:
+            break
+    return root
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    return {d.name: _files_under(d) for d in _visible_children(folder) if d.is_dir()}
+
+
+def extract_zip(zip_path: str | Path, dest_root: str | Path | None = None) -> Path:
+    """Extract a zip once into a cache folder keyed by its content; return the folder."""
+    zip_path = Path(zip_path)
+    h = hashlib.sha256()
+    with open(zip_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    dest_root = Path(dest_root) if dest_root else cache_dir() / "zips"
+    dest = dest_root / h.hexdigest()[:16]
+    if (dest / ".complete").exists():
+        return dest
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{zip_path.name}: Expected a zip archive. Received: a file that is not a valid zip ({e})") from None
+    dest_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest_root))
+    with zf:
+        for info in zf.infolist():
+            name = info.filename
+            if info.flag_bits & 0x800 == 0:
+                # Not marked UTF-8: zips from Windows/macOS tools often still are.
+                try:
+                    name = name.encode("cp437").decode("utf-8")
+                except (UnicodeEncodeError, UnicodeDecodeError):
+                    pass
+            parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+            if not parts or ".." in parts or any(is_junk(p) for p in parts):
+                continue  # junk, or a path that would escape the folder
+            target = tmp.joinpath(*parts)
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                # A damaged member: leave an empty file so it is reported by name.
+                target.write_bytes(b"")
+                (tmp / ".damaged").open("a").write(f"{'/'.join(parts)}\t{e}\n")
+    (tmp / ".complete").write_text("ok")
+    if dest.exists():
+        shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("TRANSFER_LAB_CACHE", Path.home() / ".cache" / "transfer_lab"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# -- checking files ----------------------------------------------------------------
+
+def check_files(paths: list[Path]) -> tuple[list[Path], list[Skipped], list[str]]:
+    """Decode every file once; return (usable, skipped with reasons, notes)."""
+
+    def check(p: Path):
+        try:
+            decode_image(p, CHECK_SIZE)
+        except ImageDecodeError as e:
+            return e.reason
+        return None
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        reasons = list(pool.map(check, paths))
+    ok, skipped, notes = [], [], []
+    for p, reason in zip(paths, reasons):
+        if reason is None:
+            ok.append(p)
+            fmt = image_format(p)
+            ext = p.suffix.lower()
+            expected = {"JPEG": {".jpg", ".jpeg", ".jfif"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
+                        "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}}.get(fmt or "", set())
+            if expected and ext not in expected:
+                notes.append(f"{p}: content is {fmt} although named {p.suffix or '(no extension)'}; used as {fmt}")
+        else:
+            skipped.append(Skipped(str(p), reason))
+    return ok, skipped, notes
+
+
+# -- the public entry ------------------------------------------------------------------
+
+def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0) -> DataSplits:
+    """Find classes in a folder or zip, check every file, and split.
+
+    Layouts: class folders at the root (``cats/…``, ``dogs/…``); one wrapper
+    folder around them; or ``train/`` + ``validation/`` (any case; ``val``,
+    ``valid``) with an optional ``test/``, each holding class folders. Files in
+    nested subfolders of a class count for that class.
+    """
+    src = Path(path)
+    if not src.exists():
+        raise DataError(f"data: Expected a folder or a .zip file. Received: {path} (does not exist)")
+    notes: list[str] = []
+    if src.is_file():
+        if not zipfile.is_zipfile(src):
+            raise DataError(f"data: Expected a folder or a .zip file. Received: {src.name} (not a zip archive)")
+        root = extract_zip(src)
+        damaged = root / ".damaged"
+        if damaged.exists():
+            notes.extend(f"damaged zip member: {line}" for line in damaged.read_text().splitlines())
+    else:
+        root = src
+    root = _unwrap(root)
+
+    kids = [k for k in _visible_children(root) if k.is_dir()]
+    splits = {SPLIT_NAMES[k.name.lower()]: k for k in kids if k.name.lower() in SPLIT_NAMES}
+    if "train" in splits:
+        return _load_split_layout(root, splits, notes)
+    if "validation" in splits or "test" in splits:
+        raise DataError(f"data: found {', '.join(sorted(splits))} but no train/ folder; "
+                        "Expected train/ + validation/ folders, or class folders at the top")
+    return _load_class_layout(root, val_split, seed, notes)
+
+
+def _load_class_layout(root: Path, val_split: float, seed: int, notes: list[str]) -> DataSplits:
+    classes = _class_folders(root)
+    _check_classes(classes, root)
+    class_names = sorted(classes)
+    all_skipped: list[Skipped] = []
+    rng = np.random.default_rng(seed)
+    train_p, train_y, val_p, val_y = [], [], [], []
+    loose = [k for k in _visible_children(root) if k.is_file()]
+    for f in loose:
+        all_skipped.append(Skipped(str(f), "not inside a class folder"))
+    for idx, name in enumerate(class_names):
+        ok, skipped, n = check_files(classes[name])
+        all_skipped += skipped
+        notes += n
+        ok = [str(p) for p in ok]
+        order = rng.permutation(len(ok))
+        n_val = int(round(len(ok) * val_split)) if len(ok) >= 2 else 0
+        n_val = min(max(n_val, 1 if len(ok) >= 2 else 0), len(ok) - 1) if ok else 0
+        val_idx = set(order[:n_val].tolist())
+        for i, p in enumerate(ok):
+            (val_p if i in val_idx else train_p).append(p)
+            (val_y if i in val_idx else train_y).append(idx)
+    _check_usable(class_names, train_y, "train", root, all_skipped)
+    if not val_p:
+        raise DataError("data: Expected at least 2 usable images in some class to make a validation split. "
+                        f"Received: {len(train_p)} usable image(s)")
+    return DataSplits(
+        root=str(root), class_names=class_names,
+        train=ImageDataset(train_p, np.asarray(train_y, np.int32), class_names),
+        validation=ImageDataset(val_p, np.asarray(val_y, np.int32), class_names),
+        skipped=all_skipped, notes=notes, layout="classes",
+    )
+
+
+def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str]) -> DataSplits:
+    per_split = {name: _class_folders(folder) for name, folder in splits.items()}
+    _check_classes(per_split["train"], splits["train"])
+    class_names = sorted(per_split["train"])
+    if "validation" not in per_split:
+        raise DataError(f"data: found train/ but no validation/ folder in {root.name}; "
+                        "Expected train/ + validation/ (or val/, valid/), or class folders at the top")
+    all_skipped: list[Skipped] = []
+    datasets: dict[str, ImageDataset] = {}
+    for split, classes in per_split.items():
+        extra = sorted(set(classes) - set(class_names))
+        for name in extra:
+            for f in classes[name]:
+                all_skipped.append(Skipped(str(f), f"class '{name}' is not in train/"))
+        paths, labels = [], []
+        for idx, name in enumerate(class_names):
+            ok, skipped, n = check_files(classes.get(name, []))
+            all_skipped += skipped
+            notes += n
+            paths += [str(p) for p in ok]
+            labels += [idx] * len(ok)
+        for f in (k for k in _visible_children(splits[split]) if k.is_file()):
+            all_skipped.append(Skipped(str(f), "not inside a class folder"))
+        datasets[split] = ImageDataset(paths, np.asarray(labels, np.int32), class_names)
+    _check_usable(class_names, datasets["train"].labels.tolist(), "train", splits["train"], all_skipped)
+    if not len(datasets["validation"]):
+        raise DataError("data: Expected usable images in validation/. Received: none")
+    return DataSplits(
+        root=str(root), class_names=class_names,
+        train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),
+        skipped=all_skipped, notes=notes, layout="splits",
+    )
+
+
+def _check_classes(classes: dict[str, list[Path]], where: Path) -> None:
+    if not classes:
+        loose = sum(1 for k in _visible_children(where) if k.is_file())
+        found = f"{loose} file(s) but no class folders" if loose else "no class folders"
+        raise DataError(f"data: Expected one folder per class (e.g. cats/, dogs/) in {where.name or where}. "
+                        f"Received: {found}")
+    if len(classes) < 2:
+        raise DataError(f"data: Expected at least 2 class folders. Received: 1 ({next(iter(classes))})")
+
+
+def _check_usable(class_names, labels, split, where, skipped) -> None:
+    counts = np.bincount(np.asarray(labels, int), minlength=len(class_names)) if labels else np.zeros(len(class_names), int)
+    empty = [c for c, n in zip(class_names, counts) if n == 0]
+    if len(class_names) - len(empty) < 2:
+        extra = f" ({len(skipped)} file(s) skipped, e.g. {skipped[0].path}: {skipped[0].reason})" if skipped else ""
+        raise DataError(f"data: Expected usable images in at least 2 classes of {split}. "
+                        f"Received: usable images only in {len(class_names) - len(empty)} class(es){extra}")
+    if empty:
+        raise DataError(f"data: Expected usable images in every class of {split}. "
+                        f"Received: none in {', '.join(empty)}")
+
+
+# -- pixels ------------------------------------------------------------------------------
+
+def load_arrays(paths: list[str], size: int) -> np.ndarray:
+    """Decode files (through the one decode path) into an ``(N, size, size, 3)`` uint8 array."""
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+
+    def load(i):
+        out[i] = decode_image(paths[i], size)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        try:
+            list(pool.map(load, range(len(paths))))
+        except ImageDecodeError as e:
+            raise DataError(f"a file changed since the data was checked: {e.reason}") from None
+    return out
+
+
+# -- the built-in sample -------------------------------------------------------------------
+
+SAMPLE_CLASSES = ("circle", "square", "triangle")
+
+
+def make_sample_dataset(dest: str | Path | None = None, per_class: int = 40, size: int = 96, seed: int = 0) -> Path:
+    """Write the built-in sample: coloured shapes on noisy backgrounds, 3 classes.
+
+    Generated offline and deterministically; each class has its own shape and
+    a hue range of its own, so even an untrained base separates them.
+    """
+    from PIL import Image, ImageDraw
+
+    dest = Path(dest) if dest else cache_dir() / f"sample-{per_class}-{size}-{seed}"
+    if (dest / ".complete").exists():
+        return dest
+    rng = np.random.default_rng(seed)
+    tints = {"circle": (220, 60, 60), "square": (60, 180, 70), "triangle": (60, 90, 220)}
+    for name in SAMPLE_CLASSES:
+        (dest / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            bg = rng.integers(90, 200, 3)
+            noise = rng.normal(0, 18, (size, size, 3))
+            img = Image.fromarray(np.clip(bg + noise, 0, 255).astype(np.uint8))
+            d = ImageDraw.Draw(img)
+            r = rng.integers(size // 6, size // 3)
+            cx, cy = rng.integers(r, size - r, 2)
+            colour = tuple(int(np.clip(c + rng.integers(-35, 35), 0, 255)) for c in tints[name])
+            if name == "circle":
+                d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+            elif name == "square":
+                d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=colour)
+            else:
+                d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+            img.save(dest / name / f"{name}_{i:03d}.png")
+    (dest / ".complete").write_text("ok")
+    return dest

@@ -1,0 +1,66 @@
+"""Assemble one Keras model: raw RGB in → base preprocessing → base → head.
+
+``build_model`` is the only place a Transfer Lab model is put together; it
+never compiles (``core.train.compile_model`` does, after every lock change).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.bases import build_base, cut_base, get_spec, preprocessing_layer
+from core.config import ExperimentConfig
+from core.freeze import apply_freeze, base_is_frozen
+from core.head import build_head_layers, check_head_size
+
+
+@dataclass
+class BuiltModel:
+    model: object  # keras.Model: (None, S, S, 3) float32 raw 0–255 → class probabilities
+    base: object  # the (cut) base, a keras.Model nested in ``model``
+    head_layers: list  # pooling first, then dense/dropout, then the output layer
+    preprocess: object | None  # the preprocessing layer, or None when inside the base
+    image_size: int
+    feature_shape: tuple  # the base's output (H, W, C)
+
+    @property
+    def base_frozen(self) -> bool:
+        return base_is_frozen(self.base)
+
+    def warnings(self, config: ExperimentConfig) -> list[str]:
+        out = []
+        if config.weights == "none" and self.base_frozen:
+            out.append(
+                "weights none with every layer locked: the head learns from random features "
+                "(in MobileNets they fade to almost zero, so expect chance accuracy). "
+                "Unlock layers (freeze none) to train from scratch, or use pretrained weights"
+            )
+        return out
+
+
+def build_model(config: ExperimentConfig, num_classes: int, base=None) -> BuiltModel:
+    """Build the whole model for ``config``. ``base`` may be given (already built, unshared)."""
+    import keras
+
+    spec = get_spec(config.base)
+    size = config.resolved_image_size()
+    if base is None:
+        base = build_base(config.base, size, config.alpha, config.weights)
+    base = cut_base(base, config.cut)
+    pretrained = config.weights != "none"
+    # The BatchNorm rules protect pretrained statistics; a randomly initialised base has
+    # none to protect, and its BatchNorm must learn them (else activations vanish).
+    apply_freeze(base, config.freeze, config.train_batchnorm or not pretrained)
+    feature_shape = tuple(int(d) for d in base.output.shape[1:])
+    check_head_size(feature_shape, config, num_classes)
+
+    inputs = keras.Input((size, size, 3), name="image")
+    pre = preprocessing_layer(spec.preprocess)
+    x = pre(inputs) if pre is not None else inputs
+    # training=False keeps BatchNorm in inference mode even when layers are unlocked
+    # for fine-tuning, so its statistics are not wrecked by a small new dataset.
+    x = base(x, training=False) if pretrained else base(x)
+    head = build_head_layers(config, num_classes)
+    for layer in head:
+        x = layer(x)
+    model = keras.Model(inputs, x, name=f"transfer_lab_{config.base}")
+    return BuiltModel(model, base, head, pre, size, feature_shape)

@@ -1,0 +1,135 @@
+"""The headless command end to end, in real subprocesses as a user runs it."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_weights):
+    from tests.conftest import write_colour_images
+
+    tmp = tmp_path_factory.mktemp("cli")
+    data = write_colour_images(tmp / "data", per_class=10)
+    out = tmp / "run"
+    r = run_cli("train", "--data", data, "--base", "mobilenet", "--alpha", "0.25", "--image-size", "32",
+                "--weights", tiny_weights["legacy"], "--dense", "8", "--dropout", "0.3", "--epochs", "3",
+                "--batch-size", "8", "--lr", "0.01", "--optimizer", "adam", "--seed", "4", "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp, data, out, r
+
+
+def test_train_writes_the_run_folder(trained_run):
+    tmp, data, out, r = trained_run
+    assert {p.name for p in out.iterdir()} >= {"model.keras", "labels.json", "config.json", "history.csv", "run.json"}
+    rows = list(csv.DictReader(io.StringIO((out / "history.csv").read_text())))
+    assert [int(x["epoch"]) for x in rows] == [1, 2, 3]
+    assert list(rows[0])[:5] == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["class_names"] == ["blue", "green", "red"] and run["status"] == "completed"
+    assert run["best_epoch"] in (1, 2, 3)
+    assert run["best_val_accuracy"] == max(float(x["val_accuracy"]) for x in rows)
+    assert len(run["train_files"]) == 24 and len(run["validation_files"]) == 6
+    assert run["config"]["dense"] == [8] and run["config"]["dropout"] == 0.3 and run["config"]["seed"] == 4
+    assert json.loads((out / "labels.json").read_text())["class_names"] == ["blue", "green", "red"]
+    assert "epoch 3/3" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_predict_prints_csv_and_matches_the_model(trained_run):
+    tmp, data, out, _ = trained_run
+    from core.export import load_model
+    from core.predict import predict_files
+
+    images = sorted((data / "red").glob("*.png"))[:2] + sorted((data / "blue").glob("*.png"))[:1]
+    broken = tmp / "broken.jpg"
+    broken.write_text("not a photo")
+    r = run_cli("predict", out / "model.keras", *images, broken, "--top", "2")
+    assert r.returncode == 1  # one unreadable image
+    assert "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 6 and list(rows[0]) == ["path", "class", "probability"]
+    model, names = load_model(out / "model.keras")
+    preds, failures = predict_files(model, names, images, top=2)
+    for row, (p, k) in zip(rows, [(p, k) for p in preds for k in range(2)]):
+        assert row["class"] == p.top[k][0]
+        assert float(row["probability"]) == pytest.approx(p.top[k][1], abs=1e-5)
+
+
+def test_config_file_reproduces_and_flags_override(trained_run, tmp_path):
+    _, data, out, _ = trained_run
+    from core.cli import _parser, config_from_args
+
+    args = _parser().parse_args(["train", "--data", str(data), "--out", str(tmp_path), "--config",
+                                 str(out / "config.json"), "--epochs", "7", "--dense", "0"])
+    cfg = config_from_args(args)
+    assert cfg.epochs == 7 and cfg.dense == [] and cfg.seed == 4 and cfg.image_size == 32
+
+
+@pytest.mark.parametrize("argv,code,message", [
+    (["train", "--data", "x", "--out", "y", "--dropout", "1.0"], 2, "dropout: Expected a rate with 0 <= rate < 1. Received: 1.0"),
+    (["train", "--data", "x", "--out", "y", "--dropout", "-0.1"], 2, "Received: -0.1"),
+    (["train", "--data", "x", "--out", "y", "--freeze", "half"], 2, "freeze: Expected"),
+    (["train", "--out", "y"], 2, "the following arguments are required: --data"),
+    (["train", "--data", "/no/such/folder", "--out", "y", "--weights", "none"], 1, "does not exist"),
+    (["bake"], 2, "invalid choice"),
+])
+def test_user_mistakes_are_one_line_and_the_right_exit_code(argv, code, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(argv))
+    assert e.value.code == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_text_file_as_weights_exits_1(tmp_path, capsys):
+    from tests.conftest import write_colour_images
+
+    data = write_colour_images(tmp_path / "d", per_class=3)
+    w = tmp_path / "weights.h5"
+    w.write_text("not weights")
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "o"), "--weights", str(w),
+                 "--base", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: weights: Expected an HDF5 weights file" in err and "Traceback" not in err
+
+
+def test_imagenet_offline_exits_1_with_advice(tmp_path, monkeypatch, capsys):
+    from keras.src.utils import file_utils
+
+    from tests.conftest import write_colour_images
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure on https://example.invalid: None -- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    data = write_colour_images(tmp_path / "d", per_class=3)
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "o"), "--base", "mobilenet",
+                 "--alpha", "0.25", "--image-size", "128", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("error: could not download the ImageNet weights for MobileNet")
+    assert "--weights PATH" in err[-1] and "--weights none" in err[-1]
+
+
+def test_predict_refuses_a_non_model_file(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    fake = tmp_path / "model.keras"
+    fake.write_text("nope")
+    assert main(["predict", str(fake), str(img)]) == 1
+    assert "error: model: Expected a .keras file" in capsys.readouterr().err

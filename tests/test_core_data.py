@@ -1,0 +1,123 @@
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.data import DataError, load_arrays, load_dataset, make_sample_dataset
+from tests.conftest import write_colour_images
+
+
+def _junk(folder: Path):
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (folder / "desktop.ini").write_text("[.ShellClassInfo]")
+    (folder / "._photo.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (folder / ".ipynb_checkpoints").mkdir(exist_ok=True)
+    (folder / ".ipynb_checkpoints" / "x.png").write_bytes(b"junk")
+
+
+def test_class_folders_with_os_junk(colour_dir):
+    _junk(colour_dir)
+    for c in ("red", "green"):
+        _junk(colour_dir / c)
+    (colour_dir / "__MACOSX" / "red").mkdir(parents=True)
+    (colour_dir / "__MACOSX" / "red" / "._red_00.png").write_bytes(b"\x00\x05\x16\x07")
+    d = load_dataset(colour_dir, val_split=0.25, seed=0)
+    assert d.class_names == ["blue", "green", "red"]
+    assert d.skipped == []
+    assert len(d.train) + len(d.validation) == 36
+    assert d.validation.counts() == {"blue": 3, "green": 3, "red": 3}  # stratified
+    assert d.layout == "classes"
+
+
+def test_split_is_seeded_and_disjoint(colour_dir):
+    a = load_dataset(colour_dir, seed=1)
+    b = load_dataset(colour_dir, seed=1)
+    c = load_dataset(colour_dir, seed=2)
+    assert a.validation.paths == b.validation.paths
+    assert a.validation.paths != c.validation.paths
+    assert not set(a.train.paths) & set(a.validation.paths)
+
+
+def test_unusable_files_are_skipped_with_reasons_and_lying_extensions_noted(colour_dir):
+    (colour_dir / "red" / "empty.jpg").write_bytes(b"")
+    (colour_dir / "red" / "notes.jpg").write_text("shopping list")
+    (colour_dir / "red" / "doc.JPG").write_bytes(b"%PDF-1.7 ...")
+    good = Image.new("RGB", (40, 40), (220, 40, 40))
+    good.save(colour_dir / "red" / "actually_png.jpg", "PNG")
+    raw = (colour_dir / "green" / "green_00.png").read_bytes()
+    (colour_dir / "green" / "cut.png").write_bytes(raw[: len(raw) // 3])
+    d = load_dataset(colour_dir)
+    reasons = {Path(s.path).name: s.reason for s in d.skipped}
+    assert set(reasons) == {"empty.jpg", "notes.jpg", "doc.JPG", "cut.png"}
+    assert "empty" in reasons["empty.jpg"] and "PDF" in reasons["doc.JPG"] and "text" in reasons["notes.jpg"]
+    assert any("actually_png.jpg" in n and "PNG" in n for n in d.notes)
+    assert any(p.endswith("actually_png.jpg") for p in d.train.paths + d.validation.paths)
+
+
+def test_train_validation_layout_any_case_with_wrapper_and_nested(tmp_path):
+    root = tmp_path / "wrapper" / "My Photos"
+    write_colour_images(root / "Train", per_class=6)
+    write_colour_images(root / "valid", per_class=2, seed=1)
+    write_colour_images(root / "TEST", per_class=2, seed=2, classes=("blue", "red"))
+    nested = root / "Train" / "blue" / "holiday 2024"
+    nested.mkdir()
+    Image.new("RGB", (40, 40), (40, 60, 220)).save(nested / "Ünïcode name 01.PNG")
+    d = load_dataset(tmp_path / "wrapper")
+    assert d.layout == "splits"
+    assert d.train.counts() == {"blue": 7, "green": 6, "red": 6}
+    assert len(d.validation) == 6 and d.test is not None and len(d.test) == 4
+
+
+def test_zip_from_a_mac_with_wrapper_folder(tmp_path):
+    src = write_colour_images(tmp_path / "src", per_class=4)
+    z = tmp_path / "data set.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted(src.rglob("*.png")):
+            zf.write(p, f"shapes/{p.relative_to(src)}")
+            zf.writestr(f"__MACOSX/shapes/{p.parent.name}/._{p.name}", b"\x00\x05\x16\x07")
+        zf.writestr("shapes/.DS_Store", b"Bud1")
+        zf.writestr("../escape.png", b"nope")
+    d = load_dataset(z, val_split=0.25)
+    assert d.class_names == ["blue", "green", "red"]
+    assert len(d.train) + len(d.validation) == 12 and d.skipped == []
+    assert not (tmp_path / "escape.png").exists()
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda r: (r / "a.png").write_bytes(b"x"), "no class folders"),
+    (lambda r: write_colour_images(r, classes=("red",)), "at least 2 class folders"),
+])
+def test_unusable_layouts_are_refused_clearly(tmp_path, make, match):
+    root = tmp_path / "d"
+    root.mkdir()
+    make(root)
+    with pytest.raises(DataError, match=match):
+        load_dataset(root)
+
+
+def test_a_class_with_no_usable_image_is_named(colour_dir):
+    for p in (colour_dir / "green").iterdir():
+        p.write_text("not an image")
+    with pytest.raises(DataError, match="none in green"):
+        load_dataset(colour_dir)
+
+
+def test_not_a_zip_and_missing_path(tmp_path):
+    f = tmp_path / "data.zip"
+    f.write_text("hello")
+    with pytest.raises(DataError, match="not a zip"):
+        load_dataset(f)
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(tmp_path / "nowhere")
+
+
+def test_load_arrays_and_sample_dataset(tmp_path):
+    root = make_sample_dataset(tmp_path / "sample", per_class=5, size=48)
+    d = load_dataset(root, val_split=0.2)
+    assert d.class_names == ["circle", "square", "triangle"]
+    x = load_arrays(d.train.paths, 32)
+    assert x.shape == (len(d.train), 32, 32, 3) and x.dtype == np.uint8
+    assert make_sample_dataset(tmp_path / "sample", per_class=5, size=48) == root  # made once

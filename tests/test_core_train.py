@@ -1,0 +1,146 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.data import load_arrays
+from core.export import load_model
+from core.train import StopFlag, TrainingListener, train
+from tests.conftest import learner_config, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder(TrainingListener):
+    def __init__(self, stop_after_epoch=None, stop_at_batch=None, stop=None):
+        self.plans, self.batches, self.epochs, self.results = [], [], [], []
+        self.stop_after_epoch, self.stop_at_batch, self.stop = stop_after_epoch, stop_at_batch, stop
+
+    def on_train_begin(self, plan):
+        self.plans.append(plan)
+
+    def on_batch_end(self, e):
+        self.batches.append(e)
+        if self.stop_at_batch and e.phase == "train" and (e.epoch, e.batch) == self.stop_at_batch:
+            self.stop.set()
+
+    def on_epoch_end(self, e):
+        self.epochs.append(e)
+        if self.stop_after_epoch == e.epoch:
+            self.stop.set()
+
+    def on_train_end(self, result):
+        self.results.append(result)
+
+
+def test_frozen_base_trains_the_head_on_cached_features_and_learns(colour_data_session, tmp_path):
+    data = colour_data_session
+    rec = Recorder()
+    r = train(learner_config(epochs=15), data, listeners=[rec], run_dir=tmp_path / "run")
+    assert r.path == "features" and rec.plans[0].path == "features"
+    assert r.status == "completed" and len(r.history) == 15
+    assert r.best_val_accuracy >= 0.9
+    # features computed once: only "features" batches before epoch 1, none after
+    feature_batches = [b for b in rec.batches if b.phase == "features"]
+    assert feature_batches and all(b.epoch == 0 for b in feature_batches)
+    assert [e.epoch for e in rec.epochs] == list(range(1, 16))
+    # the saved model is the whole model at its best epoch and predicts the same as the run
+    x_val = load_arrays(data.validation.paths, 32)
+    probs = r.model.predict(x_val.astype(np.float32), verbose=0)
+    acc = float(np.mean(probs.argmax(1) == data.validation.labels))
+    assert acc == pytest.approx(r.best_val_accuracy, abs=1e-6)
+    model, names = load_model(tmp_path / "run" / "model.keras")
+    assert names == data.class_names
+    np.testing.assert_allclose(model.predict(x_val.astype(np.float32), verbose=0), probs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_second_run_reuses_the_cached_features(colour_data_session):
+    cfg = tiny_config(epochs=1, seed=3)
+    train(cfg, colour_data_session)
+    rec = Recorder()
+    r = train(cfg, colour_data_session, listeners=[rec])
+    assert not [b for b in rec.batches if b.phase == "features"]
+    assert r.timings["features_s"] < 1.0
+
+
+def test_saved_model_reloads_in_a_fresh_process_and_predicts_the_same(colour_data_session, tmp_path):
+    data = colour_data_session
+    r = train(tiny_config(epochs=2), data, run_dir=tmp_path / "run")
+    x = load_arrays(data.validation.paths[:4], 32)
+    np.save(tmp_path / "x.npy", x)
+    want = r.model.predict(x.astype(np.float32), verbose=0)
+    code = ("import sys, numpy as np, keras, json, zipfile; "
+            f"m = keras.saving.load_model(r'{tmp_path / 'run' / 'model.keras'}', safe_mode=True); "
+            f"p = m.predict(np.load(r'{tmp_path / 'x.npy'}').astype('float32'), verbose=0); "
+            f"np.save(r'{tmp_path / 'p.npy'}', p); "
+            f"print(json.loads(zipfile.ZipFile(r'{tmp_path / 'run' / 'model.keras'}').read('labels.json'))['class_names'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(data.class_names)  # plain Keras, no Transfer Lab import
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), want, rtol=1e-4, atol=1e-5)
+
+
+def test_augmentation_trains_the_whole_model_through_tf_data(colour_data_session):
+    rec = Recorder()
+    r = train(tiny_config(augment="default", epochs=2), colour_data_session, listeners=[rec])
+    assert r.path == "full" and len(r.history) == 2
+    assert all(b.phase == "train" for b in rec.batches)
+    assert set(r.history[0]) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+def test_unlocked_layers_train_the_base_too(colour_data_session):
+    import keras
+
+    cfg = tiny_config(freeze="top:5", epochs=1)
+    keras.utils.set_random_seed(0)
+    from core.model import build_model
+
+    fresh = build_model(cfg, 3).base  # the same seed as train() uses: the same initial weights
+    before, locked_before = (fresh.get_layer(n).get_weights()[0] for n in ("conv_pw_13", "conv1"))
+    r = train(cfg, colour_data_session)
+    assert r.path == "full"
+    trained = r.model.layers[2]
+    assert not np.allclose(before, trained.get_layer("conv_pw_13").get_weights()[0])
+    np.testing.assert_array_equal(locked_before, trained.get_layer("conv1").get_weights()[0])
+
+
+def test_stop_after_an_epoch_keeps_the_finished_epochs(colour_data_session, tmp_path):
+    stop = StopFlag()
+    rec = Recorder(stop_after_epoch=2, stop=stop)
+    r = train(tiny_config(epochs=10), colour_data_session, listeners=[rec], stop=stop, run_dir=tmp_path / "run")
+    assert r.status == "stopped" and len(r.history) == 2
+    assert (tmp_path / "run" / "model.keras").exists()
+    assert len((tmp_path / "run" / "history.csv").read_text().strip().splitlines()) == 3
+
+
+def test_stop_mid_epoch_drops_only_the_unfinished_epoch(colour_data_session):
+    stop = StopFlag()
+    rec = Recorder(stop_at_batch=(2, 1), stop=stop)
+    r = train(tiny_config(augment="default", epochs=5, batch_size=8), colour_data_session, listeners=[rec], stop=stop)
+    assert r.status == "stopped"
+    assert [h["epoch"] for h in r.history] == [1]
+    assert r.best_epoch == 1 and r.model is not None
+
+
+def test_locked_random_base_is_warned_about(colour_data_session):
+    rec = Recorder()
+    train(tiny_config(epochs=1), colour_data_session, listeners=[rec])
+    assert "random features" in rec.plans[0].warnings[0]
+
+
+def test_early_stopping_on_val_loss(colour_data_session):
+    r = train(learner_config(epochs=30, lr=0.05, optimizer="sgd", early_stopping=1), colour_data_session)
+    assert r.status == "early-stopped" and len(r.history) < 30
+    losses = [h["val_loss"] for h in r.history]
+    assert losses[-1] >= min(losses[:-1])
+
+
+def test_invalid_settings_are_refused_before_any_work(colour_data_session):
+    from core.config import ConfigError
+
+    rec = Recorder()
+    with pytest.raises(ConfigError, match="dropout: Expected a rate with 0 <= rate < 1. Received: 1.0"):
+        train(tiny_config(dropout=1.0), colour_data_session, listeners=[rec])
+    assert rec.plans == []

@@ -47,9 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="default 10")
     t.add_argument("--batch-size", type=int, help="default 32")
     t.add_argument("--val-split", type=float, help="validation fraction when the data has no validation/ (default 0.2)")
+    t.add_argument("--test-split", type=float, help="fraction held out as a test split when the data has no test/ (default 0)")
+    t.add_argument("--class-weights", action="store_true", default=None, help="weight classes by inverse frequency")
     t.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val_loss (default off)")
     t.add_argument("--seed", type=int, help="seeds the split, the weights and the shuffling (default 0)")
     t.add_argument("--quiet", action="store_true", help="print only the summary")
+
+    sc = sub.add_parser("scan", help="check a dataset: usable images per class, skipped files and why")
+    sc.add_argument("path", help="folder or .zip with class folders, or train/ + validation/")
+    sc.add_argument("--report", help="write the skipped files as CSV (file,reason)")
+    sc.add_argument("--val-split", type=float, default=0.2)
+    sc.add_argument("--test-split", type=float, default=0.0)
+    sc.add_argument("--seed", type=int, default=0)
 
     pr = sub.add_parser("predict", help="predict the classes of images with a trained model.keras")
     pr.add_argument("model", help="a model.keras written by train")
@@ -66,6 +75,7 @@ def config_from_args(args) -> ExperimentConfig:
         "freeze": args.freeze, "cut": args.cut, "train_batchnorm": args.train_batchnorm, "pooling": args.pooling,
         "augment": args.augment, "optimizer": args.optimizer, "lr": args.lr, "epochs": args.epochs,
         "batch_size": args.batch_size, "val_split": args.val_split, "early_stopping": args.early_stopping,
+        "test_split": args.test_split, "class_weights": args.class_weights,
         "seed": args.seed,
     }
     cfg.update({k: v for k, v in flags.items() if v is not None})
@@ -90,12 +100,9 @@ def cmd_train(args) -> int:
     config = config_from_args(args)  # ConfigError → exit 2 before any work
     _quiet_tensorflow()
     err = sys.stderr
-    data = load_dataset(args.data, val_split=config.val_split, seed=config.seed)
+    data = load_dataset(args.data, val_split=config.val_split, seed=config.seed, test_split=config.test_split)
     print(f"data: {data.summary()} ({', '.join(data.class_names)})", file=err)
-    for s in data.skipped:
-        print(f"skipped: {s.path}: {s.reason}", file=err)
-    for n in data.notes:
-        print(f"note: {n}", file=err)
+    print_data_issues(data, err)
 
     from core.train import StopFlag, TrainingListener, train
 
@@ -135,6 +142,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def print_data_issues(data, out) -> None:
+    """What train and scan both say about a dataset: skipped files, notes, warnings."""
+    for s in data.skipped:
+        print(f"skipped: {s.path}: {s.reason}", file=out)
+    for n in data.notes:
+        print(f"note: {n}", file=out)
+    for w in data.warnings:
+        print(f"warning: {w}", file=out)
+
+
+def cmd_scan(args) -> int:
+    from core.data import load_dataset
+
+    data = load_dataset(args.path, val_split=args.val_split, seed=args.seed, test_split=args.test_split)
+    for row in data.report_rows():
+        extra = f", {row['test']} test" if "test" in row else ""
+        print(f"{row['class']}: {row['images']} usable ({row['train']} train, {row['validation']} validation{extra}); "
+              f"median {row['median_size'] or '-'}; {row['formats'] or '-'}")
+    print_data_issues(data, sys.stdout)
+    if args.report:
+        with open(args.report, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "reason"])
+            w.writerows([s.path, s.reason] for s in data.skipped)
+    return 0
+
+
 def cmd_predict(args) -> int:
     if args.top < 1:
         raise ConfigError(f"top: Expected an integer of at least 1. Received: {args.top}")
@@ -165,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help(sys.stderr)
         return 2
     try:
-        return cmd_train(args) if args.command == "train" else cmd_predict(args)
+        return {"train": cmd_train, "scan": cmd_scan, "predict": cmd_predict}[args.command](args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,6 +44,8 @@ class ExperimentConfig:
     epochs: int = 10
     batch_size: int = 32
     val_split: float = 0.2
+    test_split: float = 0.0  # fraction held out for a final score when the data has no test/ folder
+    class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     early_stopping: int = 0  # patience in epochs on val_loss; 0 is off
     seed: int = 0
 
@@ -129,6 +131,11 @@ class ExperimentConfig:
             bad("batch_size", "an integer from 1 to 4096", self.batch_size)
         if not _is_number(self.val_split) or not 0 < self.val_split < 1:
             bad("val_split", "a fraction with 0 < val_split < 1", self.val_split)
+        if not _is_number(self.test_split) or not 0 <= self.test_split < 1 or (
+                _is_number(self.val_split) and self.val_split + self.test_split >= 1):
+            bad("test_split", "a fraction with 0 <= test_split and val_split + test_split < 1", self.test_split)
+        if not isinstance(self.class_weights, bool):
+            bad("class_weights", "true or false", self.class_weights)
         if not _is_int(self.early_stopping) or self.early_stopping < 0:
             bad("early_stopping", "a patience of 0 (off) or more epochs", self.early_stopping)
         if not _is_int(self.seed) or self.seed < 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.images import ImageDecodeError, decode_image, image_format
+from core.images import ImageDecodeError, decode_image, image_info
 
 JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
 JUNK_DIRS = {"__macosx", ".ipynb_checkpoints", "__pycache__", ".git", ".svn", ".trash", "$recycle.bin"}
@@ -28,6 +28,9 @@ SPLIT_NAMES = {
     "test": "test", "testing": "test",
 }
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
+ARCHIVE_EXTS = {".zip", ".tar", ".gz", ".tgz", ".rar", ".7z", ".bz2", ".xz"}
+MAX_ZIP_FILES = 100_000
+MAX_ZIP_BYTES = 8 * 2**30
 # Decode size used to check files up front (JPEG draft makes this cheap).
 CHECK_SIZE = 64
 WORKERS = max(2, min(8, os.cpu_count() or 2))
@@ -67,6 +70,36 @@ class DataSplits:
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     layout: str = "classes"  # "classes" (split made here) or "splits" (train/validation folders)
+    warnings: list[str] = field(default_factory=list)  # lopsided or tiny data, named with numbers
+    file_info: dict = field(default_factory=dict)  # path -> (format, width, height)
+
+    def class_weights(self) -> dict[int, float]:
+        """Balanced weights from the training counts: n / (classes * count)."""
+        counts = np.bincount(self.train.labels, minlength=len(self.class_names)).astype(float)
+        n, k = counts.sum(), len(self.class_names)
+        return {i: float(n / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+    def report_rows(self) -> list[dict]:
+        """One row per class: images per split, skipped files, median size, formats."""
+        import collections
+
+        rows = []
+        for idx, name in enumerate(self.class_names):
+            paths = [p for ds in (self.train, self.validation, self.test) if ds is not None
+                     for p, y in zip(ds.paths, ds.labels) if y == idx]
+            infos = [self.file_info.get(p) for p in paths if self.file_info.get(p)]
+            sizes = sorted((w * h, w, h) for _, w, h in infos)
+            med = sizes[len(sizes) // 2] if sizes else None
+            formats = collections.Counter(f for f, _, _ in infos)
+            skipped = sum(1 for s in self.skipped if f"{os.sep}{name}{os.sep}" in s.path)
+            row = {"class": name, "images": len(paths), "train": int(np.sum(self.train.labels == idx)),
+                   "validation": int(np.sum(self.validation.labels == idx))}
+            if self.test is not None:
+                row["test"] = int(np.sum(self.test.labels == idx))
+            row.update({"skipped": skipped, "median_size": f"{med[1]}x{med[2]}" if med else "",
+                        "formats": ", ".join(f"{f} {n}" for f, n in formats.most_common())})
+            rows.append(row)
+        return rows
 
     def fingerprint(self) -> str:
         """Stable id of the exact files, labels and split (for caches and configs)."""
@@ -144,10 +177,17 @@ def extract_zip(zip_path: str | Path, dest_root: str | Path | None = None) -> Pa
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{zip_path.name}: Expected a zip archive. Received: a file that is not a valid zip ({e})") from None
-    dest_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest_root))
     with zf:
-        for info in zf.infolist():
+        infos = zf.infolist()
+        declared = sum(i.file_size for i in infos)
+        if len(infos) > MAX_ZIP_FILES or declared > MAX_ZIP_BYTES:
+            raise DataError(
+                f"{zip_path.name}: Expected at most {MAX_ZIP_FILES:,} files and {MAX_ZIP_BYTES / 2**30:.0f} GiB "
+                f"unpacked. Received: {len(infos):,} files, {declared / 2**30:.1f} GiB unpacked (a zip bomb?)")
+        dest_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest_root))
+        written = 0
+        for info in infos:
             name = info.filename
             if info.flag_bits & 0x800 == 0:
                 # Not marked UTF-8: zips from Windows/macOS tools often still are.
@@ -162,14 +202,26 @@ def extract_zip(zip_path: str | Path, dest_root: str | Path | None = None) -> Pa
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
+            if Path(parts[-1]).suffix.lower() in ARCHIVE_EXTS:
+                with open(tmp / ".ignored", "a") as f:
+                    f.write(f"{'/'.join(parts)}\tnested archive, not opened\n")
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                    # The sizes in a zip's directory can lie: count what really comes out.
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > MAX_ZIP_BYTES:
+                            shutil.rmtree(tmp, ignore_errors=True)
+                            raise DataError(f"{zip_path.name}: Expected at most {MAX_ZIP_BYTES / 2**30:.0f} GiB "
+                                            "unpacked. Received: more (a zip bomb?)")
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
                 # A damaged member: leave an empty file so it is reported by name.
                 target.write_bytes(b"")
-                (tmp / ".damaged").open("a").write(f"{'/'.join(parts)}\t{e}\n")
+                with open(tmp / ".damaged", "a") as f:
+                    f.write(f"{'/'.join(parts)}\t{e}\n")
     (tmp / ".complete").write_text("ok")
     if dest.exists():
         shutil.rmtree(dest, ignore_errors=True)
@@ -185,42 +237,68 @@ def cache_dir() -> Path:
 
 # -- checking files ----------------------------------------------------------------
 
+EXPECTED_EXTS = {"JPEG": {".jpg", ".jpeg", ".jfif"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
+                 "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}}
+
+
+class _Checker:
+    """Decodes every file once (in threads), keeps what each file is, reports progress."""
+
+    def __init__(self, progress=None):
+        self.progress = progress
+        self.info: dict[str, tuple[str, int, int]] = {}
+        self.done = 0
+        self.total = 0
+
+    def check(self, paths: list[Path]) -> tuple[list[Path], list[Skipped], list[str]]:
+        def one(p: Path):
+            try:
+                decode_image(p, CHECK_SIZE)
+            except ImageDecodeError as e:
+                return e.reason, None
+            return None, image_info(p)
+
+        results = []
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for r in pool.map(one, paths):
+                results.append(r)
+                self.done += 1
+                if self.progress and (self.done % 16 == 0 or self.done == self.total):
+                    self.progress(self.done, self.total)
+        ok, skipped, notes = [], [], []
+        for p, (reason, info) in zip(paths, results):
+            if reason is not None:
+                skipped.append(Skipped(str(p), reason))
+                continue
+            ok.append(p)
+            self.info[str(p)] = info
+            fmt = info[0]
+            expected = EXPECTED_EXTS.get(fmt or "", set())
+            if expected and p.suffix.lower() not in expected:
+                notes.append(f"{p}: content is {fmt} although named {p.suffix or '(no extension)'}; used as {fmt}")
+        return ok, skipped, notes
+
+
 def check_files(paths: list[Path]) -> tuple[list[Path], list[Skipped], list[str]]:
     """Decode every file once; return (usable, skipped with reasons, notes)."""
-
-    def check(p: Path):
-        try:
-            decode_image(p, CHECK_SIZE)
-        except ImageDecodeError as e:
-            return e.reason
-        return None
-
-    with ThreadPoolExecutor(WORKERS) as pool:
-        reasons = list(pool.map(check, paths))
-    ok, skipped, notes = [], [], []
-    for p, reason in zip(paths, reasons):
-        if reason is None:
-            ok.append(p)
-            fmt = image_format(p)
-            ext = p.suffix.lower()
-            expected = {"JPEG": {".jpg", ".jpeg", ".jfif"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
-                        "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}}.get(fmt or "", set())
-            if expected and ext not in expected:
-                notes.append(f"{p}: content is {fmt} although named {p.suffix or '(no extension)'}; used as {fmt}")
-        else:
-            skipped.append(Skipped(str(p), reason))
-    return ok, skipped, notes
+    return _Checker().check(paths)
 
 
 # -- the public entry ------------------------------------------------------------------
 
-def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0) -> DataSplits:
+IMBALANCE_WARN = 5.0  # warn when the largest class has this many times the images of the smallest
+
+
+def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_split: float = 0.0,
+                 progress=None) -> DataSplits:
     """Find classes in a folder or zip, check every file, and split.
 
     Layouts: class folders at the root (``cats/…``, ``dogs/…``); one wrapper
     folder around them; or ``train/`` + ``validation/`` (any case; ``val``,
     ``valid``) with an optional ``test/``, each holding class folders. Files in
-    nested subfolders of a class count for that class.
+    nested subfolders of a class count for that class. Without split folders the
+    split is stratified and seeded; ``test_split`` sets a fraction aside as a
+    held-out test split. ``progress(done, total)`` is called while files are checked.
     """
     src = Path(path)
     if not src.exists():
@@ -230,74 +308,92 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0) -> Dat
         if not zipfile.is_zipfile(src):
             raise DataError(f"data: Expected a folder or a .zip file. Received: {src.name} (not a zip archive)")
         root = extract_zip(src)
-        damaged = root / ".damaged"
-        if damaged.exists():
-            notes.extend(f"damaged zip member: {line}" for line in damaged.read_text().splitlines())
+        for name in ("damaged", "ignored"):
+            f = root / f".{name}"
+            if f.exists():
+                notes.extend(f"{name} zip member: {line}" for line in f.read_text().splitlines())
     else:
         root = src
     root = _unwrap(root)
+    checker = _Checker(progress)
 
     kids = [k for k in _visible_children(root) if k.is_dir()]
     splits = {SPLIT_NAMES[k.name.lower()]: k for k in kids if k.name.lower() in SPLIT_NAMES}
     if "train" in splits:
-        return _load_split_layout(root, splits, notes)
-    if "validation" in splits or "test" in splits:
+        out = _load_split_layout(root, splits, notes, checker)
+    elif "validation" in splits or "test" in splits:
         raise DataError(f"data: found {', '.join(sorted(splits))} but no train/ folder; "
                         "Expected train/ + validation/ folders, or class folders at the top")
-    return _load_class_layout(root, val_split, seed, notes)
+    else:
+        out = _load_class_layout(root, val_split, test_split, seed, notes, checker)
+    out.file_info = checker.info
+    out.warnings = _balance_warnings(out)
+    return out
 
 
-def _load_class_layout(root: Path, val_split: float, seed: int, notes: list[str]) -> DataSplits:
+def _load_class_layout(root: Path, val_split: float, test_split: float, seed: int, notes: list[str],
+                       checker: "_Checker") -> DataSplits:
     classes = _class_folders(root)
     _check_classes(classes, root)
     class_names = sorted(classes)
-    all_skipped: list[Skipped] = []
+    all_skipped = [Skipped(str(f), "not inside a class folder") for f in _visible_children(root) if f.is_file()]
+    checker.total = sum(len(v) for v in classes.values())
     rng = np.random.default_rng(seed)
-    train_p, train_y, val_p, val_y = [], [], [], []
-    loose = [k for k in _visible_children(root) if k.is_file()]
-    for f in loose:
-        all_skipped.append(Skipped(str(f), "not inside a class folder"))
+    parts = {"train": ([], []), "validation": ([], []), "test": ([], [])}
     for idx, name in enumerate(class_names):
-        ok, skipped, n = check_files(classes[name])
+        ok, skipped, n = checker.check(classes[name])
         all_skipped += skipped
         notes += n
         ok = [str(p) for p in ok]
         order = rng.permutation(len(ok))
-        n_val = int(round(len(ok) * val_split)) if len(ok) >= 2 else 0
-        n_val = min(max(n_val, 1 if len(ok) >= 2 else 0), len(ok) - 1) if ok else 0
-        val_idx = set(order[:n_val].tolist())
-        for i, p in enumerate(ok):
-            (val_p if i in val_idx else train_p).append(p)
-            (val_y if i in val_idx else train_y).append(idx)
-    _check_usable(class_names, train_y, "train", root, all_skipped)
-    if not val_p:
+        n_test, n_val = _split_sizes(len(ok), val_split, test_split)
+        for rank, i in enumerate(order):
+            part = "test" if rank < n_test else ("validation" if rank < n_test + n_val else "train")
+            parts[part][0].append(ok[i])
+            parts[part][1].append(idx)
+    _check_usable(class_names, parts["train"][1], "train", root, all_skipped)
+    if not parts["validation"][0]:
         raise DataError("data: Expected at least 2 usable images in some class to make a validation split. "
-                        f"Received: {len(train_p)} usable image(s)")
+                        f"Received: {len(parts['train'][0])} usable image(s)")
+    ds = {k: ImageDataset(*_sorted_pairs(v), class_names) for k, v in parts.items()}
     return DataSplits(
-        root=str(root), class_names=class_names,
-        train=ImageDataset(train_p, np.asarray(train_y, np.int32), class_names),
-        validation=ImageDataset(val_p, np.asarray(val_y, np.int32), class_names),
-        skipped=all_skipped, notes=notes, layout="classes",
+        root=str(root), class_names=class_names, train=ds["train"], validation=ds["validation"],
+        test=ds["test"] if test_split > 0 else None, skipped=all_skipped, notes=notes, layout="classes",
     )
 
 
-def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str]) -> DataSplits:
+def _split_sizes(n: int, val_split: float, test_split: float) -> tuple[int, int]:
+    """(test, validation) counts for a class of n images; train keeps at least one."""
+    if n < 2:
+        return 0, 0
+    n_test = min(max(int(round(n * test_split)), 1), n - 2) if test_split > 0 and n >= 3 else 0
+    n_val = min(max(int(round(n * val_split)), 1), n - n_test - 1)
+    return n_test, n_val
+
+
+def _sorted_pairs(pair):
+    paths, labels = pair
+    order = sorted(range(len(paths)), key=lambda i: (labels[i], paths[i]))
+    return [paths[i] for i in order], np.asarray([labels[i] for i in order], np.int32)
+
+
+def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str], checker: "_Checker") -> DataSplits:
     per_split = {name: _class_folders(folder) for name, folder in splits.items()}
     _check_classes(per_split["train"], splits["train"])
     class_names = sorted(per_split["train"])
     if "validation" not in per_split:
         raise DataError(f"data: found train/ but no validation/ folder in {root.name}; "
                         "Expected train/ + validation/ (or val/, valid/), or class folders at the top")
+    checker.total = sum(len(files) for classes in per_split.values() for files in classes.values())
     all_skipped: list[Skipped] = []
     datasets: dict[str, ImageDataset] = {}
     for split, classes in per_split.items():
-        extra = sorted(set(classes) - set(class_names))
-        for name in extra:
+        for name in sorted(set(classes) - set(class_names)):
             for f in classes[name]:
                 all_skipped.append(Skipped(str(f), f"class '{name}' is not in train/"))
         paths, labels = [], []
         for idx, name in enumerate(class_names):
-            ok, skipped, n = check_files(classes.get(name, []))
+            ok, skipped, n = checker.check(classes.get(name, []))
             all_skipped += skipped
             notes += n
             paths += [str(p) for p in ok]
@@ -313,6 +409,23 @@ def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str]) ->
         train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),
         skipped=all_skipped, notes=notes, layout="splits",
     )
+
+
+def _balance_warnings(d: DataSplits) -> list[str]:
+    out = []
+    train, val = d.train.counts(), d.validation.counts()
+    missing = [c for c, n in val.items() if n == 0]
+    if missing:
+        out.append(f"no validation images of {', '.join(missing)} "
+                   f"({', '.join(f'{c}: {train[c]} train' for c in missing)}); its validation accuracy is unknown")
+    few = [c for c, n in train.items() if 0 < n < 5]
+    if few:
+        out.append(f"very few training images: {', '.join(f'{c}: {train[c]}' for c in few)}")
+    lo, hi = min(train, key=train.get), max(train, key=train.get)
+    if train[lo] and train[hi] / train[lo] >= IMBALANCE_WARN:
+        out.append(f"classes are imbalanced: {hi} has {train[hi]} training images, {lo} has {train[lo]} "
+                   f"({train[hi] / train[lo]:.0f}:1); consider class weights (--class-weights)")
+    return out
 
 
 def _check_classes(classes: dict[str, list[Path]], where: Path) -> None:
@@ -335,6 +448,64 @@ def _check_usable(class_names, labels, split, where, skipped) -> None:
     if empty:
         raise DataError(f"data: Expected usable images in every class of {split}. "
                         f"Received: none in {', '.join(empty)}")
+
+
+# -- public datasets, downloaded on demand ---------------------------------------------------
+
+_GCS = "https://storage.googleapis.com/"
+PUBLIC_DATASETS = {
+    # name: (label, {split: archive URL}); one archive of class folders is split here
+    "cats_and_dogs_filtered": ("Cats vs dogs (filtered, 3,000 photos)",
+                               {"all": _GCS + "mledu-datasets/cats_and_dogs_filtered.zip"}),
+    "horse-or-human": ("Horse or human (1,283 renders)",
+                       {"train": _GCS + "learning-datasets/horse-or-human.zip",
+                        "validation": _GCS + "learning-datasets/validation-horse-or-human.zip"}),
+    "rock-paper-scissors": ("Rock paper scissors (2,892 renders)",
+                            {"train": _GCS + "learning-datasets/rps.zip",
+                             "validation": _GCS + "learning-datasets/rps-test-set.zip"}),
+    "tf_flowers": ("TF flowers (3,670 photos, 5 classes)",
+                   {"all": _GCS + "download.tensorflow.org/example_images/flower_photos.tgz"}),
+}
+
+
+def download_dataset(name: str) -> Path:
+    """Download (once, into the Keras cache) and unpack a public dataset; return its folder.
+
+    Offline, raises :class:`DataError` saying so and suggesting an upload instead.
+    """
+    if name not in PUBLIC_DATASETS:
+        raise DataError(f"dataset: Expected one of {', '.join(PUBLIC_DATASETS)}. Received: {name!r}")
+    import tarfile
+
+    import keras
+
+    folder = cache_dir() / "public" / name
+    if (folder / ".complete").exists():
+        return folder
+    roots = {}
+    for split, url in PUBLIC_DATASETS[name][1].items():
+        fname = f"{name}-{split}-{Path(url).name}"
+        try:
+            archive = Path(keras.utils.get_file(fname, url, cache_subdir="datasets"))
+        except Exception as e:
+            raise DataError(f"could not download {name} from {url} (no internet connection?): "
+                            f"{str(e).splitlines()[0][:200]}. Upload a zip of class folders instead") from None
+        if zipfile.is_zipfile(archive):
+            roots[split] = _unwrap(extract_zip(archive))
+        else:
+            dest = cache_dir() / "public" / f"{name}-{split}"
+            if not (dest / ".complete").exists():
+                with tarfile.open(archive) as tf:
+                    tf.extractall(dest, filter="data")  # the data filter refuses paths outside dest
+                (dest / ".complete").write_text("ok")
+            roots[split] = _unwrap(dest)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, root in roots.items():
+        link = folder / ("data" if split == "all" else split)
+        if not link.exists():
+            link.symlink_to(root, target_is_directory=True)
+    (folder / ".complete").write_text("ok")
+    return folder / "data" if "all" in roots else folder
 
 
 # -- pixels ------------------------------------------------------------------------------

@@ -139,10 +139,10 @@ def decode_image(source, size: int | None = None) -> np.ndarray:
     return arr
 
 
-def image_format(path) -> str | None:
-    """The format Pillow reads from a file's content (e.g. ``"PNG"``), or None."""
+def image_info(path) -> tuple[str | None, int, int]:
+    """``(format, width, height)`` from a file's header (no pixel decode), or ``(None, 0, 0)``."""
     try:
         with Image.open(path) as img:
-            return img.format
+            return img.format, img.width, img.height
     except Exception:
-        return None
+        return None, 0, 0

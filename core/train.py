@@ -208,6 +208,8 @@ def train(
         recorder.weights_of = fit_model
         # the tf.data pipeline shuffles itself; arrays are shuffled by Keras
         fit_kwargs = dict(batch_size=config.batch_size, shuffle=True) if path == "features" else dict(shuffle=False)
+        if config.class_weights:
+            fit_kwargs["class_weight"] = data.class_weights()
         fit_model.fit(
             fit_x, y_train if path == "features" else None, validation_data=fit_val,
             epochs=config.epochs, verbose=0, callbacks=[recorder.keras_callback()], **fit_kwargs,

@@ -121,3 +121,114 @@ def test_load_arrays_and_sample_dataset(tmp_path):
     x = load_arrays(d.train.paths, 32)
     assert x.shape == (len(d.train), 32, 32, 3) and x.dtype == np.uint8
     assert make_sample_dataset(tmp_path / "sample", per_class=5, size=48) == root  # made once
+
+
+def test_held_out_test_split_is_stratified_and_disjoint(tmp_path):
+    root = write_colour_images(tmp_path / "d", per_class=10)
+    d = load_dataset(root, val_split=0.2, test_split=0.2, seed=0)
+    assert d.test is not None
+    assert d.test.counts() == {"blue": 2, "green": 2, "red": 2}
+    assert d.validation.counts() == {"blue": 2, "green": 2, "red": 2}
+    sets = [set(d.train.paths), set(d.validation.paths), set(d.test.paths)]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert sum(map(len, sets)) == 30
+
+
+def test_lopsided_and_tiny_classes_are_warned_with_names_and_numbers(tmp_path):
+    root = tmp_path / "d"
+    write_colour_images(root, per_class=20, classes=("blue",))
+    write_colour_images(root, per_class=1, classes=("red",), seed=1)
+    write_colour_images(root, per_class=4, classes=("green",), seed=2)
+    d = load_dataset(root, val_split=0.2)
+    text = " | ".join(d.warnings)
+    assert "no validation images of red (red: 1 train)" in text
+    assert "very few training images: green: 3, red: 1" in text
+    assert "blue has 16 training images, red has 1 (16:1)" in text
+    w = d.class_weights()
+    assert w[2] == pytest.approx(20 / (3 * 1)) and w[0] == pytest.approx(20 / (3 * 16))
+
+
+def test_report_rows_give_sizes_and_formats(tmp_path):
+    root = write_colour_images(tmp_path / "d", per_class=3)
+    Image.new("RGB", (80, 60)).save(root / "red" / "big.jpg", "JPEG")
+    (root / "red" / "bad.png").write_text("x")
+    d = load_dataset(root)
+    red = next(r for r in d.report_rows() if r["class"] == "red")
+    assert red["images"] == 4 and red["skipped"] == 1
+    assert red["formats"] == "PNG 3, JPEG 1" and red["median_size"] == "40x40"
+
+
+def test_progress_is_reported_while_scanning(tmp_path):
+    root = write_colour_images(tmp_path / "d", per_class=20)
+    seen = []
+    load_dataset(root, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (60, 60) and all(t == 60 for _, t in seen)
+
+
+def test_hostile_zips_nested_archives_and_bombs(tmp_path, monkeypatch):
+    import core.data as data_mod
+
+    src = write_colour_images(tmp_path / "src", per_class=3)
+    z = tmp_path / "a.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted(src.rglob("*.png")):
+            zf.write(p, str(p.relative_to(src)))
+        zf.writestr("red/inner.zip", b"PK\x03\x04")
+        zf.writestr("/red/absolute entry.png", (src / "red" / "red_00.png").read_bytes())
+    d = load_dataset(z)
+    assert any("inner.zip" in n and "nested archive" in n for n in d.notes)
+    assert d.train.counts()["red"] + d.validation.counts()["red"] == 4  # stayed inside the workspace
+    assert not Path("/red").exists()
+    monkeypatch.setattr(data_mod, "MAX_ZIP_BYTES", 1000)
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/x.png", b"\0" * 100_000)
+    with pytest.raises(DataError, match="zip bomb"):
+        load_dataset(bomb)
+
+
+def test_scan_command_prints_classes_and_writes_the_report(tmp_path, capsys):
+    from core.cli import main
+
+    root = write_colour_images(tmp_path / "d", per_class=4)
+    (root / "red" / "fake.jpg").write_text("not an image")
+    report = tmp_path / "report.csv"
+    assert main(["scan", str(root), "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "red: 4 usable (3 train, 1 validation)" in out
+    assert "skipped: " in out and "fake.jpg: not an image: content is text" in out
+    lines = report.read_text().splitlines()
+    assert lines[0] == "file,reason" and "fake.jpg" in lines[1]
+    assert main(["scan", str(tmp_path / "nothing")]) == 1
+
+
+def test_public_dataset_download_offline_says_so_and_suggests_upload(monkeypatch):
+    import keras
+
+    from core.data import download_dataset
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure on https://example.invalid: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(DataError, match=r"could not download horse-or-human .*no internet.*Upload a zip"):
+        download_dataset("horse-or-human")
+
+
+def test_public_dataset_with_two_archives_becomes_train_and_validation(tmp_path, monkeypatch):
+    import keras
+
+    from core.data import download_dataset
+
+    def fake_get_file(fname, origin, cache_subdir):
+        src = write_colour_images(tmp_path / fname / "wrapper", per_class=3, seed=len(fname))
+        z = tmp_path / f"{fname}.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            for p in sorted(src.rglob("*.png")):
+                zf.write(p, f"wrapper/{p.relative_to(src)}")
+        return str(z)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    d = load_dataset(download_dataset("rock-paper-scissors"))
+    assert d.layout == "splits" and d.class_names == ["blue", "green", "red"]
+    assert len(d.train) == 9 and len(d.validation) == 9

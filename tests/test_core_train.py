@@ -144,3 +144,18 @@ def test_invalid_settings_are_refused_before_any_work(colour_data_session):
     with pytest.raises(ConfigError, match="dropout: Expected a rate with 0 <= rate < 1. Received: 1.0"):
         train(tiny_config(dropout=1.0), colour_data_session, listeners=[rec])
     assert rec.plans == []
+
+
+def test_class_weights_are_used_when_on(colour_data_session, monkeypatch):
+    import keras
+
+    seen = {}
+    original = keras.Model.fit
+
+    def spy(self, *a, **k):
+        seen["class_weight"] = k.get("class_weight")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    train(learner_config(epochs=1, class_weights=True), colour_data_session)
+    assert seen["class_weight"] == pytest.approx({0: 1.0, 1: 1.0, 2: 1.0})

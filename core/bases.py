@@ -51,6 +51,19 @@ _SPECS = [
              cut_pattern=r"^(conv\d_block\d+_out|post_relu)$"),
     BaseSpec("densenet121", "DenseNet121", "DenseNet121", 224, 32, "torch",
              cut_pattern=r"^(pool\d_pool|relu)$"),
+    BaseSpec("mobilenet_v3_small", "MobileNetV3Small", "MobileNetV3Small", 224, 32, "none",
+             alphas=(0.75, 1.0), imagenet_sizes=(224,), cut_pattern=r"^expanded_conv_\d+_add$"),
+    BaseSpec("mobilenet_v3_large", "MobileNetV3Large", "MobileNetV3Large", 224, 32, "none",
+             alphas=(0.75, 1.0), imagenet_sizes=(224,), cut_pattern=r"^expanded_conv_\d+_add$"),
+    BaseSpec("efficientnet_b1", "EfficientNetB1", "EfficientNetB1", 240, 32, "none",
+             cut_pattern=r"^(block\d+[a-z]_add|top_activation)$"),
+    BaseSpec("efficientnet_b2", "EfficientNetB2", "EfficientNetB2", 260, 32, "none",
+             cut_pattern=r"^(block\d+[a-z]_add|top_activation)$"),
+    BaseSpec("efficientnet_b3", "EfficientNetB3", "EfficientNetB3", 300, 32, "none",
+             cut_pattern=r"^(block\d+[a-z]_add|top_activation)$"),
+    BaseSpec("vgg16", "VGG16", "VGG16", 224, 32, "caffe", cut_pattern=r"^block\d_pool$"),
+    BaseSpec("xception", "Xception", "Xception", 299, 71, "tf",
+             cut_pattern=r"^(block\d+_pool|block1[0-3]_sepconv3_act|block14_sepconv2_act)$"),
 ]
 BASES: dict[str, BaseSpec] = {s.name: s for s in _SPECS}
 
@@ -161,6 +174,8 @@ def _build_with_file(spec: BaseSpec, builder, kwargs, path: Path, alpha: float, 
     base = builder(weights=None, **kwargs)
     try:
         _load_weights(base, path, legacy=found["format"] == "legacy h5")
+        if spec.builder.startswith("EfficientNet"):
+            _efficientnet_imagenet_scaling(base)
     except Exception as e:
         n = found.get("layers")
         expected = sum(1 for layer in base.layers if layer.weights)
@@ -170,6 +185,29 @@ def _build_with_file(spec: BaseSpec, builder, kwargs, path: Path, alpha: float, 
             f"Received: {path.name}, {got}; Keras says: {_first_line(e)}"
         ) from None
     return base
+
+
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def _efficientnet_imagenet_scaling(base) -> None:
+    """Give file-loaded ImageNet EfficientNet weights the step Keras adds for weights="imagenet".
+
+    Keras' EfficientNet divides by an extra sqrt(stddev) after its Normalization layer,
+    but only when built with ``weights="imagenet"``. The same weights loaded from a
+    file (recognised by the ImageNet mean in that layer) need it too; multiplying the
+    layer's variance by stddev is exactly equivalent: (x - m) / sqrt(v * s).
+    """
+    import numpy as np
+
+    norm = next((layer for layer in base.layers if type(layer).__name__ == "Normalization"), None)
+    if norm is None or getattr(norm, "adapt_mean", None) is None:
+        return
+    mean, var = np.asarray(norm.adapt_mean).reshape(-1), np.asarray(norm.adapt_variance)
+    if mean.shape == (3,) and np.allclose(mean, IMAGENET_MEAN_RGB, atol=1e-3):
+        norm.adapt_variance.assign(var * np.reshape(IMAGENET_STDDEV_RGB, var.shape))
+    norm.finalize_state()  # the layer computes from constants made here, not from its variables
 
 
 def _load_weights(base, path: Path, legacy: bool):
@@ -241,7 +279,9 @@ def cut_base(base, cut: str | None):
 def suggested_cuts(base, name: str) -> list[tuple[str, tuple]]:
     """Named cut points with their output shapes, in order (e.g. mixed0 … mixed10)."""
     pattern = re.compile(get_spec(name).cut_pattern)
-    return [(layer.name, tuple(layer.output.shape)) for layer in base.layers if pattern.match(layer.name)]
+    last = base.layers[-1]
+    return [(layer.name, tuple(layer.output.shape)) for layer in base.layers
+            if pattern.match(layer.name) or layer is last]
 
 
 def _first_line(e: Exception) -> str:

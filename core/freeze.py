@@ -14,13 +14,14 @@ BATCHNORM_TYPES = ("BatchNormalization", "SyncBatchNormalization")
 
 @dataclass(frozen=True)
 class FreezeSpec:
-    mode: str  # "all", "none", "up-to", "top"
+    mode: str  # "all", "none", "up-to", "top", "unlock" (exactly the named layers unlocked)
     layer: str | None = None
     n: int | None = None
+    names: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, text) -> "FreezeSpec":
-        expected = "'all', 'none', 'up-to:LAYER' or 'top:N'"
+        expected = "'all', 'none', 'up-to:LAYER', 'top:N' or 'unlock:LAYER,LAYER,…'"
         if not isinstance(text, str):
             raise ConfigError(f"freeze: Expected {expected}. Received: {text!r}")
         t = text.strip()
@@ -31,6 +32,8 @@ class FreezeSpec:
             return cls("up-to", layer=arg)
         if kind == "top" and arg.isdigit():
             return cls("top", n=int(arg))
+        if kind == "unlock" and arg:
+            return cls("unlock", names=tuple(n.strip() for n in arg.split(",") if n.strip()))
         raise ConfigError(f"freeze: Expected {expected}. Received: {text!r}")
 
     def __str__(self) -> str:
@@ -38,6 +41,8 @@ class FreezeSpec:
             return f"up-to:{self.layer}"
         if self.mode == "top":
             return f"top:{self.n}"
+        if self.mode == "unlock":
+            return "unlock:" + ",".join(self.names)
         return self.mode
 
     def locked_mask(self, layer_names: list[str]) -> list[bool]:
@@ -50,15 +55,22 @@ class FreezeSpec:
         if self.mode == "top":
             k = min(self.n, n)
             return [i < n - k for i in range(n)]
-        if self.layer not in layer_names:
-            import difflib
-
-            close = difflib.get_close_matches(self.layer, layer_names, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"freeze: Expected up-to:LAYER with a layer of the base. "
-                              f"Received: {self.layer!r}.{hint}")
+        wanted = self.names if self.mode == "unlock" else (self.layer,)
+        missing = [w for w in wanted if w not in layer_names]
+        if missing:
+            self._unknown(missing[0], layer_names)
+        if self.mode == "unlock":
+            return [name not in self.names for name in layer_names]
         idx = layer_names.index(self.layer)
         return [i <= idx for i in range(n)]
+
+    def _unknown(self, name, layer_names):
+        import difflib
+
+        close = difflib.get_close_matches(name, layer_names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"freeze: Expected {self.mode}: with layer names of the base. "
+                          f"Received: {name!r}.{hint}")
 
 
 def apply_freeze(base, spec: FreezeSpec | str, train_batchnorm: bool = False) -> None:
@@ -110,6 +122,14 @@ def block_of(name: str) -> str:
         if m:
             return m.group(1)
     return "stem" if not name.startswith(("top", "out", "post", "head")) else "top"
+
+
+def filter_rows(rows: list[dict], text: str) -> list[dict]:
+    """Rows whose name, type or block contains ``text`` (case-insensitive)."""
+    t = (text or "").strip().lower()
+    if not t:
+        return rows
+    return [r for r in rows if t in r["name"].lower() or t in r["type"].lower() or t in r["block"].lower()]
 
 
 def layer_table(base, spec: FreezeSpec | str | None = None) -> list[dict]:

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 from core.bases import build_base, cut_base, get_spec, preprocessing_layer
 from core.config import ExperimentConfig
-from core.freeze import apply_freeze, base_is_frozen
+from core.freeze import BATCHNORM_TYPES, apply_freeze, base_is_frozen
+
+
+def pretrained_bn_trains(base) -> bool:
+    return any(layer.trainable and type(layer).__name__ in BATCHNORM_TYPES for layer in base.layers)
 from core.head import build_head_layers, check_head_size
 
 
@@ -33,6 +37,11 @@ class BuiltModel:
                 "weights none with every layer locked: the head learns from random features "
                 "(in MobileNets they fade to almost zero, so expect chance accuracy). "
                 "Unlock layers (freeze none) to train from scratch, or use pretrained weights"
+            )
+        if pretrained_bn_trains(self.base) and config.weights != "none":
+            out.append(
+                "unlocked BatchNorm layers will update their statistics on your data "
+                "(train_batchnorm is on); with few images this can wreck the pretrained features"
             )
         return out
 

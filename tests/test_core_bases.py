@@ -6,11 +6,18 @@ from core.config import ConfigError
 from tests.conftest import tiny_config
 
 FAMILY = {"mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2", "inception_v3": "inception_v3",
-          "efficientnet_b0": "efficientnet", "resnet50": "resnet50", "resnet50_v2": "resnet_v2",
-          "densenet121": "densenet"}
+          "efficientnet_b0": "efficientnet", "efficientnet_b1": "efficientnet", "efficientnet_b2": "efficientnet",
+          "efficientnet_b3": "efficientnet", "resnet50": "resnet50", "resnet50_v2": "resnet_v2",
+          "densenet121": "densenet", "mobilenet_v3_small": "mobilenet_v3", "mobilenet_v3_large": "mobilenet_v3",
+          "vgg16": "vgg16", "xception": "xception"}
+SLOW_BASES = {"inception_v3", "xception", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "mobilenet_v3_large"}
 
 
-@pytest.mark.parametrize("name", sorted(BASES))
+def test_every_base_has_a_preprocessing_family():
+    assert set(FAMILY) == set(BASES)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_BASES else n for n in sorted(BASES)])
 def test_tensor_reaching_the_base_equals_keras_preprocess_input(name):
     import keras
 
@@ -18,7 +25,7 @@ def test_tensor_reaching_the_base_equals_keras_preprocess_input(name):
 
     spec = BASES[name]
     size = max(spec.min_size, 32)
-    cfg = tiny_config(base=name, alpha=1.0 if not spec.alphas else spec.alphas[0], image_size=size)
+    cfg = tiny_config(base=name, alpha=1.0 if not spec.alphas else spec.alphas[-1], image_size=size)
     built = build_model(cfg, 3)
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     # What the nested base receives inside the whole model:
@@ -86,3 +93,24 @@ def test_cut_points_and_cutting_inside_the_base():
     assert cut.layers[-1].name == "mixed7"
     with pytest.raises(ConfigError, match="Did you mean mixed7"):
         cut_base(base, "mixd7")
+
+
+@pytest.mark.parametrize("layout", ["legacy", "keras3"])
+def test_efficientnet_imagenet_weights_from_a_file_match_keras_imagenet_build(tmp_path, monkeypatch, layout):
+    import keras
+    from keras.src.utils import file_utils
+
+    from core.bases import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB
+
+    src = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    norm = next(layer for layer in src.layers if type(layer).__name__ == "Normalization")
+    norm.adapt_mean.assign(IMAGENET_MEAN_RGB)  # what ImageNet EfficientNet files hold
+    norm.adapt_variance.assign([s ** 2 for s in IMAGENET_STDDEV_RGB])
+    path = tmp_path / ("efficientnetb0_notop.h5" if layout == "legacy" else "effnet.weights.h5")
+    src.save(path) if layout == "legacy" else src.save_weights(path)
+    # Keras' own imagenet build, fed our file instead of a download:
+    monkeypatch.setattr(file_utils, "get_file", lambda *a, **k: str(path))
+    reference = keras.applications.EfficientNetB0(include_top=False, weights="imagenet", input_shape=(32, 32, 3))
+    ours = build_base("efficientnet_b0", 32, 1.0, str(path))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(reference(x)), rtol=1e-4, atol=1e-4)

@@ -5,7 +5,7 @@ from core.config import ConfigError
 from core.freeze import FreezeSpec, apply_freeze, count_params, layer_table, param_counts
 from core.head import head_param_estimate
 from core.model import build_model
-from tests.conftest import tiny_config
+from tests.conftest import learner_config, tiny_config
 
 
 def _head_params(built):
@@ -80,3 +80,49 @@ def test_head_shape_dropout_and_cut():
     out = built.model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
     assert out.shape == (2, 5)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_per_layer_unlock_and_table_filter(tiny_weights):
+    cfg = tiny_config(freeze="unlock:conv_pw_13,conv_dw_13,conv_pw_13_bn", weights=str(tiny_weights["legacy"]))
+    built = build_model(cfg, 2)
+    unlocked = sorted(layer.name for layer in built.base.layers if layer.trainable and layer.weights)
+    assert unlocked == ["conv_dw_13", "conv_pw_13"]  # BatchNorm stays locked
+    assert str(FreezeSpec.parse(cfg.freeze)) == cfg.freeze
+    from core.freeze import filter_rows
+
+    rows = layer_table(built.base, cfg.freeze)
+    assert {r["name"] for r in filter_rows(rows, "PW_13")} == {"conv_pw_13", "conv_pw_13_bn", "conv_pw_13_relu"}
+    assert all(r["type"] == "DepthwiseConv2D" for r in filter_rows(rows, "depthwise"))
+    with pytest.raises(ConfigError, match="Did you mean conv_pw_13"):
+        FreezeSpec.parse("unlock:conv_pw_13x").locked_mask([r["name"] for r in rows])
+
+
+def test_one_training_step_changes_exactly_the_trainable_layers(tiny_weights, colour_data_session):
+    import keras
+
+    from core.data import load_arrays
+    from core.train import compile_model
+
+    # ResNet50: its random features carry signal (a random MobileNet's fade to ~1e-18, so
+    # its gradients would be too small to move anything). weights none: the unlocked
+    # BatchNorm learns, statistics too; everything else must stay put.
+    cfg = learner_config(freeze="top:4", weights="none", lr=0.01)
+    keras.utils.set_random_seed(0)
+    built = build_model(cfg, 3)
+    compile_model(built.model, cfg)
+    layers = built.base.layers + built.head_layers
+    before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in layers if layer.weights}
+    x = load_arrays(colour_data_session.train.paths[:16], 32).astype(np.float32)
+    built.model.train_on_batch(x, colour_data_session.train.labels[:16])
+    changed = {name for name, ws in before.items()
+               if any(not np.array_equal(a, np.asarray(b)) for a, b in zip(ws, built.model.get_layer(name).get_weights()
+                                                                       if name in [h.name for h in built.head_layers]
+                                                                       else built.base.get_layer(name).get_weights()))}
+    marked = {layer.name for layer in layers if layer.weights and layer.trainable}
+    assert marked == {"conv5_block3_3_conv", "conv5_block3_3_bn", "head_dense_1", "predictions"}
+    assert changed == marked  # and no locked layer moved, BatchNorm statistics included
+
+
+def test_unlocked_batchnorm_on_pretrained_weights_is_warned(tiny_weights):
+    built = build_model(tiny_config(freeze="none", train_batchnorm=True, weights=str(tiny_weights["legacy"])), 2)
+    assert any("BatchNorm" in w for w in built.warnings(tiny_config(weights=str(tiny_weights["legacy"]))))

@@ -113,4 +113,8 @@ def test_efficientnet_imagenet_weights_from_a_file_match_keras_imagenet_build(tm
     reference = keras.applications.EfficientNetB0(include_top=False, weights="imagenet", input_shape=(32, 32, 3))
     ours = build_base("efficientnet_b0", 32, 1.0, str(path))
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(reference(x)), rtol=1e-4, atol=1e-4)
+    # Compare at the first convolution: a random base's final features are too small to tell.
+    stem = lambda m: np.asarray(keras.Model(m.input, m.get_layer("stem_conv").output)(x))
+    want = stem(reference)
+    assert np.abs(want).mean() > 0.1
+    np.testing.assert_allclose(stem(ours), want, rtol=1e-4, atol=1e-4)

@@ -19,7 +19,9 @@ from core.config import ConfigError, ExperimentConfig
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
-        print(f"error: {message} (see: python -m core {self.prog.split()[-1]} --help)", file=sys.stderr)
+        words = self.prog.split()
+        cmd = f"python -m core {words[-1]} --help" if words[-1] in ("train", "scan", "predict") else "python -m core --help"
+        print(f"error: {message} (see: {cmd})", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -88,6 +90,20 @@ def config_from_args(args) -> ExperimentConfig:
     return ExperimentConfig.from_dict(cfg).validate()
 
 
+def check_out_dir(out: str) -> None:
+    """The run folder must be creatable and writable before any training starts."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"out: Expected a folder for the run. Received: {out} (an existing file)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"out: Expected a writable folder for the run. Received: {out} ({e.strerror or e})") from None
+
+
 def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -98,6 +114,7 @@ def cmd_train(args) -> int:
     from core.data import DataError, load_dataset
 
     config = config_from_args(args)  # ConfigError → exit 2 before any work
+    check_out_dir(args.out)
     _quiet_tensorflow()
     err = sys.stderr
     data = load_dataset(args.data, val_split=config.val_split, seed=config.seed, test_split=config.test_split)
@@ -124,7 +141,9 @@ def cmd_train(args) -> int:
     stop = StopFlag()
 
     def on_sigint(signum, frame):
-        print("stopping after this batch; finished epochs are kept", file=err)
+        if stop.is_set():  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        print("stopping after this batch; finished epochs are kept (Ctrl-C again to quit now)", file=err)
         stop.set()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
@@ -145,7 +164,7 @@ def cmd_train(args) -> int:
 def print_data_issues(data, out) -> None:
     """What train and scan both say about a dataset: skipped files, notes, warnings."""
     for s in data.skipped:
-        print(f"skipped: {s.path}: {s.reason}", file=out)
+        print(f"skipped: {data.display(s.path)}: {s.reason}", file=out)
     for n in data.notes:
         print(f"note: {n}", file=out)
     for w in data.warnings:
@@ -165,8 +184,18 @@ def cmd_scan(args) -> int:
         with open(args.report, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["file", "reason"])
-            w.writerows([s.path, s.reason] for s in data.skipped)
+            w.writerows([data.display(s.path), s.reason] for s in data.skipped)
     return 0
+
+
+def expand_images(paths: list[str]) -> list[str]:
+    """Files as given; a folder stands for the files under it (OS junk left out)."""
+    from core.data import files_under
+
+    out = []
+    for p in paths:
+        out.extend(str(f) for f in files_under(Path(p))) if Path(p).is_dir() else out.append(p)
+    return out
 
 
 def cmd_predict(args) -> int:
@@ -177,7 +206,7 @@ def cmd_predict(args) -> int:
     from core.predict import predict_files
 
     model, class_names = load_model(args.model)
-    preds, failures = predict_files(model, class_names, args.images, top=args.top)
+    preds, failures = predict_files(model, class_names, expand_images(args.images), top=args.top)
     w = csv.writer(sys.stdout)
     w.writerow(["path", "class", "probability"])
     for p in preds:

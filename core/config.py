@@ -82,7 +82,7 @@ class ExperimentConfig:
         def bad(name, expected, received):
             out.append(f"{name}: Expected {expected}. Received: {received!r}")
 
-        if self.base not in BASES:
+        if not isinstance(self.base, str) or self.base not in BASES:
             bad("base", f"one of {', '.join(BASES)}", self.base)
             spec = None
         else:
@@ -97,7 +97,7 @@ class ExperimentConfig:
             lo = spec.min_size if spec else 32
             if not _is_int(self.image_size) or self.image_size < lo or self.image_size > 1024:
                 bad("image_size", f"an integer from {lo} to 1024", self.image_size)
-        if not isinstance(self.weights, str) or not self.weights:
+        if not isinstance(self.weights, str) or not self.weights or "\0" in self.weights:
             bad("weights", "'imagenet', 'none' or a path to a weights file", self.weights)
         elif self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             bad("weights", "'imagenet', 'none' or an existing weights file", self.weights)
@@ -107,7 +107,7 @@ class ExperimentConfig:
             out.extend(e.problems)
         if self.cut is not None and (not isinstance(self.cut, str) or not self.cut):
             bad("cut", "a layer name of the base", self.cut)
-        if self.pooling not in POOLINGS:
+        if not isinstance(self.pooling, str) or self.pooling not in POOLINGS:
             bad("pooling", f"one of {', '.join(POOLINGS)}", self.pooling)
         if not isinstance(self.dense, (list, tuple)) or not all(_is_int(u) and u > 0 for u in self.dense):
             bad("dense", "a list of positive unit counts (empty for no hidden layer)", self.dense)
@@ -119,9 +119,9 @@ class ExperimentConfig:
             n = max(1, len(self.dense))
             if len(self.dropout) != n:
                 bad("dropout", f"{n} rate(s), one per dropout layer", list(self.dropout))
-        if self.augment not in AUGMENTS:
+        if not isinstance(self.augment, str) or self.augment not in AUGMENTS:
             bad("augment", f"one of {', '.join(AUGMENTS)}", self.augment)
-        if self.optimizer not in OPTIMIZERS:
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"one of {', '.join(OPTIMIZERS)}", self.optimizer)
         if not _is_number(self.lr) or not 0 < self.lr <= 10:
             bad("lr", "a learning rate with 0 < lr <= 10", self.lr)
@@ -138,8 +138,8 @@ class ExperimentConfig:
             bad("class_weights", "true or false", self.class_weights)
         if not _is_int(self.early_stopping) or self.early_stopping < 0:
             bad("early_stopping", "a patience of 0 (off) or more epochs", self.early_stopping)
-        if not _is_int(self.seed) or self.seed < 0:
-            bad("seed", "a non-negative integer", self.seed)
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            bad("seed", "an integer with 0 <= seed < 2**32", self.seed)
         if not isinstance(self.train_batchnorm, bool):
             bad("train_batchnorm", "true or false", self.train_batchnorm)
         return out
@@ -153,9 +153,9 @@ class ExperimentConfig:
     # -- JSON ------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["dense"] = list(self.dense)
-        if isinstance(self.dropout, tuple):
-            d["dropout"] = list(self.dropout)
+        for key in ("dense", "dropout"):
+            if isinstance(d[key], tuple):
+                d[key] = list(d[key])
         return d
 
     def to_json(self) -> str:
@@ -185,7 +185,9 @@ class ExperimentConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8-sig")  # a BOM from Notepad is fine
+        except UnicodeDecodeError:
+            raise ConfigError(f"config: Expected a JSON text file. Received: {path} (binary data)") from None
         except OSError as e:
             raise ConfigError(f"config: Expected a readable JSON file. Received: {path} ({e.strerror})") from None
         return cls.from_json(text)

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from zlib import error as zlib_error
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,21 @@ class DataSplits:
     notes: list[str] = field(default_factory=list)
     layout: str = "classes"  # "classes" (split made here) or "splits" (train/validation folders)
     warnings: list[str] = field(default_factory=list)  # lopsided or tiny data, named with numbers
+    source: str = ""  # what the person gave: a folder or a zip
     file_info: dict = field(default_factory=dict)  # path -> (format, width, height)
+
+    def display(self, path: str) -> str:
+        """A file as the person knows it: ``photos.zip:cats/1.jpg`` rather than a cache path."""
+        src = Path(self.source) if self.source else None
+        if src is not None and src.is_file():
+            top = Path(self.root)
+            while top.parent.name != "zips" and top.parent != top:
+                top = top.parent
+            try:
+                return f"{src.name}:{Path(path).relative_to(top).as_posix()}"
+            except ValueError:
+                return path
+        return path
 
     def class_weights(self) -> dict[int, float]:
         """Balanced weights from the training counts: n / (classes * count)."""
@@ -135,7 +150,7 @@ def _visible_children(folder: Path) -> list[Path]:
         raise DataError(f"cannot read folder {folder}: {e.strerror}") from None
 
 
-def _files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
@@ -145,13 +160,14 @@ def _files_under(folder: Path) -> list[Path]:
 
 def _unwrap(root: Path) -> Path:
     """Descend through single wrapper folders (``photos.zip`` → ``photos/``)."""
-    for _ in range(5):
+    for _ in range(20):
         kids = _visible_children(root)
         dirs = [k for k in kids if k.is_dir()]
-        files = [k for k in kids if k.is_file()]
+        images = [k for k in kids if k.is_file() and k.suffix.lower() in IMAGE_EXTS]
         inner_dirs = [k for k in _visible_children(dirs[0]) if k.is_dir()] if len(dirs) == 1 else []
-        # A single folder holding folders is a wrapper; one holding only images is a (lone) class.
-        if len(dirs) == 1 and not files and inner_dirs and dirs[0].name.lower() not in SPLIT_NAMES:
+        # A single folder holding folders is a wrapper (a README beside it does not matter);
+        # one holding only images is a (lone) class.
+        if len(dirs) == 1 and not images and inner_dirs and dirs[0].name.lower() not in SPLIT_NAMES:
             root = dirs[0]
         else:
             break
@@ -159,7 +175,7 @@ def _unwrap(root: Path) -> Path:
 
 
 def _class_folders(folder: Path) -> dict[str, list[Path]]:
-    return {d.name: _files_under(d) for d in _visible_children(folder) if d.is_dir()}
+    return {d.name: files_under(d) for d in _visible_children(folder) if d.is_dir()}
 
 
 def extract_zip(zip_path: str | Path, dest_root: str | Path | None = None) -> Path:
@@ -187,46 +203,72 @@ def extract_zip(zip_path: str | Path, dest_root: str | Path | None = None) -> Pa
         dest_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=dest_root))
         written = 0
-        for info in infos:
-            name = info.filename
-            if info.flag_bits & 0x800 == 0:
-                # Not marked UTF-8: zips from Windows/macOS tools often still are.
-                try:
-                    name = name.encode("cp437").decode("utf-8")
-                except (UnicodeEncodeError, UnicodeDecodeError):
-                    pass
-            parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-            if not parts or ".." in parts or any(is_junk(p) for p in parts):
-                continue  # junk, or a path that would escape the folder
-            target = tmp.joinpath(*parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            if Path(parts[-1]).suffix.lower() in ARCHIVE_EXTS:
-                with open(tmp / ".ignored", "a") as f:
-                    f.write(f"{'/'.join(parts)}\tnested archive, not opened\n")
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    # The sizes in a zip's directory can lie: count what really comes out.
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > MAX_ZIP_BYTES:
-                            shutil.rmtree(tmp, ignore_errors=True)
-                            raise DataError(f"{zip_path.name}: Expected at most {MAX_ZIP_BYTES / 2**30:.0f} GiB "
-                                            "unpacked. Received: more (a zip bomb?)")
-                        dst.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
-                # A damaged member: leave an empty file so it is reported by name.
-                target.write_bytes(b"")
-                with open(tmp / ".damaged", "a") as f:
-                    f.write(f"{'/'.join(parts)}\t{e}\n")
+        try:
+            for info in infos:
+                written += _extract_member(zf, info, tmp, zip_path, written)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     (tmp / ".complete").write_text("ok")
     if dest.exists():
         shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
+
+
+def _member_parts(info: zipfile.ZipInfo) -> list[str]:
+    name = info.filename
+    if info.flag_bits & 0x800 == 0:
+        # Not marked UTF-8: zips from Windows/macOS tools often still are.
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def _note(tmp: Path, kind: str, member: str, reason: str) -> None:
+    with open(tmp / f".{kind}", "a", encoding="utf-8") as f:
+        f.write(f"{member}\t{reason}\n")
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, tmp: Path, zip_path: Path, written: int) -> int:
+    """Extract one member safely; return the bytes written. Problems become notes, not crashes."""
+    parts = _member_parts(info)
+    if not parts or ".." in parts or any(is_junk(p) for p in parts):
+        return 0  # junk, or a path that would escape the folder
+    member = "/".join(parts)
+    is_dir = info.is_dir() or info.filename.endswith("\\")  # Windows tools write folders as "name\\"
+    if any(len(p.encode()) > 255 for p in parts):
+        _note(tmp, "damaged", member, "name too long for this file system")
+        return 0
+    target = tmp.joinpath(*parts)
+    try:
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            return 0
+        if Path(parts[-1]).suffix.lower() in ARCHIVE_EXTS:
+            _note(tmp, "ignored", member, "nested archive, not opened")
+            return 0
+        target.parent.mkdir(parents=True, exist_ok=True)
+        n = 0
+        with zf.open(info) as src, open(target, "wb") as dst:
+            # The sizes in a zip's directory can lie: count what really comes out.
+            while chunk := src.read(1 << 20):
+                n += len(chunk)
+                if written + n > MAX_ZIP_BYTES:
+                    raise DataError(f"{zip_path.name}: Expected at most {MAX_ZIP_BYTES / 2**30:.0f} GiB "
+                                    "unpacked. Received: more (a zip bomb?)")
+                dst.write(chunk)
+        return n
+    except RuntimeError as e:  # encrypted member
+        reason = "encrypted (password protected)" if "encrypted" in str(e) else str(e)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib_error) as e:
+        reason = f"damaged in the zip ({str(e).splitlines()[0][:120] or type(e).__name__})"
+    if target.is_file():
+        target.unlink(missing_ok=True)
+    _note(tmp, "damaged", member, reason)
+    return 0
 
 
 def cache_dir() -> Path:
@@ -308,27 +350,54 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
         if not zipfile.is_zipfile(src):
             raise DataError(f"data: Expected a folder or a .zip file. Received: {src.name} (not a zip archive)")
         root = extract_zip(src)
-        for name in ("damaged", "ignored"):
-            f = root / f".{name}"
-            if f.exists():
-                notes.extend(f"{name} zip member: {line}" for line in f.read_text().splitlines())
+        zip_skipped = []
+        for kind in ("damaged", "ignored"):
+            f = root / f".{kind}"
+            for line in (f.read_text(encoding="utf-8").splitlines() if f.exists() else []):
+                member, _, reason = line.partition("\t")
+                if kind == "damaged":
+                    zip_skipped.append(Skipped(str(root / member), reason))
+                else:
+                    notes.append(f"{src.name}:{member}: {reason}")
     else:
-        root = src
+        root, zip_skipped = src, []
+    top = root
     root = _unwrap(root)
     checker = _Checker(progress)
-
-    kids = [k for k in _visible_children(root) if k.is_dir()]
-    splits = {SPLIT_NAMES[k.name.lower()]: k for k in kids if k.name.lower() in SPLIT_NAMES}
-    if "train" in splits:
-        out = _load_split_layout(root, splits, notes, checker)
-    elif "validation" in splits or "test" in splits:
-        raise DataError(f"data: found {', '.join(sorted(splits))} but no train/ folder; "
-                        "Expected train/ + validation/ folders, or class folders at the top")
-    else:
-        out = _load_class_layout(root, val_split, test_split, seed, notes, checker)
+    try:
+        splits = _split_folders(root)
+        if "train" in splits:
+            out = _load_split_layout(root, splits, notes, checker)
+        elif "validation" in splits or "test" in splits:
+            raise DataError(f"data: found {', '.join(sorted(splits))} but no train/ folder; "
+                            "Expected train/ + validation/ folders, or class folders at the top")
+        else:
+            out = _load_class_layout(root, val_split, test_split, seed, notes, checker)
+    except DataError as e:
+        if src.is_file():  # name the user's zip, not the cache folder it was unpacked into
+            raise DataError(str(e).replace(str(top), src.name).replace(top.name, src.name)) from None
+        raise
+    out.skipped = zip_skipped + out.skipped
+    out.source = str(src)
     out.file_info = checker.info
     out.warnings = _balance_warnings(out)
     return out
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """train/validation/test folders (any case; val, valid…) that hold class folders.
+
+    A ``train/`` holding only images is a class called train, not a split.
+    """
+    found: dict[str, list[Path]] = {}
+    for k in _visible_children(root):
+        if k.is_dir() and k.name.lower() in SPLIT_NAMES and any(c.is_dir() for c in _visible_children(k)):
+            found.setdefault(SPLIT_NAMES[k.name.lower()], []).append(k)
+    for split, folders in found.items():
+        if len(folders) > 1:
+            raise DataError(f"data: Expected one {split} folder. Received: {', '.join(f.name + '/' for f in folders)}; "
+                            "merge them or remove one")
+    return {split: folders[0] for split, folders in found.items()}
 
 
 def _load_class_layout(root: Path, val_split: float, test_split: float, seed: int, notes: list[str],
@@ -381,6 +450,10 @@ def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str], ch
     per_split = {name: _class_folders(folder) for name, folder in splits.items()}
     _check_classes(per_split["train"], splits["train"])
     class_names = sorted(per_split["train"])
+    by_lower = {c.lower(): c for c in class_names}
+    for split, classes in per_split.items():  # validation/Red is train/red's class
+        if split != "train":
+            per_split[split] = {by_lower.get(c.lower(), c): files for c, files in classes.items()}
     if "validation" not in per_split:
         raise DataError(f"data: found train/ but no validation/ folder in {root.name}; "
                         "Expected train/ + validation/ (or val/, valid/), or class folders at the top")
@@ -403,7 +476,9 @@ def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str], ch
         datasets[split] = ImageDataset(paths, np.asarray(labels, np.int32), class_names)
     _check_usable(class_names, datasets["train"].labels.tolist(), "train", splits["train"], all_skipped)
     if not len(datasets["validation"]):
-        raise DataError("data: Expected usable images in validation/. Received: none")
+        found = ", ".join(sorted(per_split["validation"])) or "no class folders"
+        raise DataError(f"data: Expected usable images of the train/ classes ({', '.join(class_names)}) in "
+                        f"{splits['validation'].name}/. Received: {found}")
     return DataSplits(
         root=str(root), class_names=class_names,
         train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),

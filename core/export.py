@@ -46,7 +46,8 @@ def load_model(path: str | Path):
     """Load a ``.keras`` file in Keras safe mode; return ``(model, class_names)``."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model: Expected a .keras file. Received: {path} (no such file)")
+        what = "a folder" if path.is_dir() else "no such file"
+        raise ModelFileError(f"model: Expected a .keras file. Received: {path} ({what})")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"model: Expected a .keras file (a zip written by Keras 3). Received: {path.name}, not a zip")
     import keras
@@ -60,6 +61,10 @@ def load_model(path: str | Path):
         raise ModelFileError(f"model: cannot load {path.name}: {str(e).splitlines()[0][:300]}") from None
     except Exception as e:
         raise ModelFileError(f"model: cannot load {path.name}: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+    shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] != 3:
+        raise ModelFileError(f"model: Expected a model taking images of a fixed size, shape (None, H, W, 3). "
+                             f"Received: {path.name} with input shape {tuple(shape)}")
     names = read_class_names(path)
     n_out = int(model.output_shape[-1])
     if names is None or len(names) != n_out:

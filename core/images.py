@@ -52,26 +52,31 @@ def _open(source) -> Image.Image:
         source = io.BytesIO(source)
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if path.is_dir():
+            raise ImageDecodeError("a folder, not an image file")
         try:
-            size = path.stat().st_size
+            if path.stat().st_size == 0:
+                raise ImageDecodeError("empty file (0 bytes)")
+            with open(path, "rb") as f:
+                head = f.read(64)
         except OSError as e:
-            raise ImageDecodeError(f"cannot read file ({e.strerror})") from None
-        if size == 0:
-            raise ImageDecodeError("empty file (0 bytes)")
-        with open(path, "rb") as f:
-            head = f.read(64)
+            raise ImageDecodeError(f"cannot read file ({e.strerror or e})") from None
     else:
         head = source.read(64)
         source.seek(0)
         if not head:
             raise ImageDecodeError("empty file (0 bytes)")
     try:
-        return Image.open(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: our limit is MAX_IMAGE_PIXELS
+            return Image.open(source)
     except UnidentifiedImageError:
         raise ImageDecodeError(f"not an image: content is {describe_bytes(head)}") from None
     except Image.DecompressionBombError:
         raise ImageDecodeError("image too large (over 200 megapixels)") from None
     except OSError as e:
+        if "truncated" in str(e).lower():
+            raise ImageDecodeError("truncated image (the file ends early)") from None
         raise ImageDecodeError(f"cannot read file ({e})") from None
 
 
@@ -129,7 +134,7 @@ def decode_image(source, size: int | None = None) -> np.ndarray:
         raise ImageDecodeError("image too large (over 200 megapixels)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         msg = str(e)
-        if "truncated" in msg:
+        if "truncated" in msg.lower():
             raise ImageDecodeError("truncated image (the file ends early)") from None
         raise ImageDecodeError(f"cannot decode image ({msg or type(e).__name__})") from None
     finally:

@@ -59,6 +59,13 @@ def build_model(config: ExperimentConfig, num_classes: int, base=None) -> BuiltM
     # The BatchNorm rules protect pretrained statistics; a randomly initialised base has
     # none to protect, and its BatchNorm must learn them (else activations vanish).
     apply_freeze(base, config.freeze, config.train_batchnorm or not pretrained)
+    if not pretrained:
+        # Keras bases use BatchNorm momentum 0.99 (0.999 in MobileNet): on a small dataset
+        # the moving statistics would still be near their initial values when training
+        # ends, and the model would predict from vanished features at inference.
+        for layer in base.layers:
+            if type(layer).__name__ in BATCHNORM_TYPES:
+                layer.momentum = min(layer.momentum, 0.9)
     feature_shape = tuple(int(d) for d in base.output.shape[1:])
     check_head_size(feature_shape, config, num_classes)
 

@@ -1,0 +1,87 @@
+"""Plotly figures from DataFrames: the only module that imports plotly.
+
+Every function takes a DataFrame (or array) and returns a ``plotly`` Figure;
+pages only hand the figure to ``st.plotly_chart``.
+"""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+TRAIN_COLOUR = "#2E7D6B"
+VAL_COLOUR = "#E07A1F"
+PALETTE = ["#2E7D6B", "#E07A1F", "#3B6FB6", "#B63B6F", "#7A7A7A", "#8C6D1F", "#5B3BB6", "#1FA3A3"]
+METRIC_TITLES = {"loss": "Loss", "accuracy": "Accuracy", "val_loss": "Validation loss", "val_accuracy": "Validation accuracy"}
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left"), height=height, margin=dict(l=50, r=20, t=50, b=45),
+        xaxis_title=x, yaxis_title=y, template="plotly_white",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+    )
+    return fig
+
+
+def history_figure(history, metric: str = "loss", epochs: int | None = None) -> go.Figure:
+    """Train and validation curves of ``metric`` ("loss" or "accuracy") per epoch."""
+    fig = go.Figure()
+    if history is not None and len(history):
+        for col, name, colour, dash in ((metric, "train", TRAIN_COLOUR, "solid"),
+                                        (f"val_{metric}", "validation", VAL_COLOUR, "dash")):
+            if col in history and history[col].notna().any():
+                fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=name,
+                                         line=dict(color=colour, dash=dash)))
+    _layout(fig, METRIC_TITLES.get(metric, metric), "epoch", metric)
+    if epochs:
+        fig.update_xaxes(range=[0.5, max(epochs, 1) + 0.5], dtick=max(1, epochs // 10))
+    if metric == "accuracy":
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def compare_figure(curves, metric: str = "val_accuracy") -> go.Figure:
+    """One line per run (column ``run``) of ``metric`` per epoch, overlaid."""
+    fig = go.Figure()
+    if curves is not None and len(curves):
+        for i, (run, df) in enumerate(curves.groupby("run", sort=False)):
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=str(run),
+                                     line=dict(color=PALETTE[i % len(PALETTE)])))
+    _layout(fig, METRIC_TITLES.get(metric, metric), "epoch", metric)
+    if "accuracy" in metric:
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def class_balance_figure(counts) -> go.Figure:
+    """Grouped bars of images per class; ``counts`` has columns class, split, images."""
+    fig = go.Figure()
+    if counts is not None and len(counts):
+        for i, (split, df) in enumerate(counts.groupby("split", sort=False)):
+            fig.add_trace(go.Bar(x=df["class"], y=df["images"], name=str(split), text=df["images"],
+                                 textposition="auto", marker_color=PALETTE[i % len(PALETTE)]))
+    _layout(fig, "Images per class", "class", "images", height=300)
+    fig.update_layout(barmode="group")
+    return fig
+
+
+def confusion_figure(cm_frame) -> go.Figure:
+    """Heat map of a confusion matrix frame (rows true, columns predicted) with counts."""
+    z = cm_frame.to_numpy()
+    labels_x = [str(c) for c in cm_frame.columns]
+    labels_y = [str(c) for c in cm_frame.index]
+    fig = go.Figure(go.Heatmap(z=z, x=labels_x, y=labels_y, colorscale="Greens", showscale=False,
+                               text=z, texttemplate="%{text}", hovertemplate="true %{y}<br>predicted %{x}<br>%{z} image(s)<extra></extra>"))
+    size = 120 + 60 * max(2, len(labels_y))
+    _layout(fig, "Confusion matrix", "predicted", "true", height=min(700, size))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def probability_figure(rows) -> go.Figure:
+    """Horizontal bars of class probabilities for one image (columns class, probability)."""
+    fig = go.Figure(go.Bar(x=rows["probability"], y=rows["class"], orientation="h", marker_color=TRAIN_COLOUR,
+                           text=[f"{p:.1%}" for p in rows["probability"]], textposition="auto"))
+    _layout(fig, "", "probability", "", height=60 + 40 * len(rows))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(autorange="reversed")
+    return fig

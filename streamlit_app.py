@@ -1,0 +1,39 @@
+"""Transfer Lab in the browser: ``streamlit run streamlit_app.py``.
+
+This file sets the page config, seeds the session keys every page shares,
+calls ``st.navigation`` over the six pages and fills the sidebar with the
+experiment so far. Session keys: ``data`` (DataSplits), ``data_source``
+(its name), ``config`` (the ExperimentConfig built across pages), ``run``
+(the last training handle, its ``.result`` a RunResult), ``compare`` (the
+dropout comparison handle), ``weights_file`` (an uploaded weights file).
+"""
+import streamlit as st
+
+from core.config import ExperimentConfig
+from core.experiments import experiment_lines
+
+st.set_page_config(page_title="Transfer Lab", page_icon=":material/science:", layout="wide")
+
+if "config" not in st.session_state:
+    st.session_state.config = ExperimentConfig()
+
+PAGES = [
+    st.Page("pages/1_data.py", title="1 · Data", icon=":material/folder_open:", url_path="data", default=True),
+    st.Page("pages/2_base.py", title="2 · Base & layers", icon=":material/layers:", url_path="base"),
+    st.Page("pages/3_head.py", title="3 · Head & augmentation", icon=":material/tune:", url_path="head"),
+    st.Page("pages/4_train.py", title="4 · Train", icon=":material/show_chart:", url_path="train"),
+    st.Page("pages/5_compare.py", title="5 · Compare dropout", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page("pages/6_evaluate.py", title="6 · Evaluate & export", icon=":material/download:", url_path="evaluate"),
+]
+page = st.navigation(PAGES)
+
+# Filled after the page ran, so it shows what the page just changed.
+summary = st.sidebar.container()
+page.run()
+
+with summary:
+    st.markdown("#### Your experiment")
+    lines = experiment_lines(st.session_state.get("config"), st.session_state.get("data"),
+                             st.session_state.get("data_source"), st.session_state.get("run"))
+    for label, text in lines:
+        st.markdown(f"**{label}**  \n{text}")

@@ -39,7 +39,7 @@ def write_colour_images(root: Path, per_class: int = 12, size: int = 40, seed: i
         for i in range(per_class):
             arr = np.full((size, size, 3), 128.0) + rng.normal(0, 12, (size, size, 3))
             a, b = rng.integers(0, size // 3, 2)
-            arr[a:a + size // 2, b:b + size // 2] = np.asarray(COLOURS[name]) + rng.normal(0, 12, (size // 2, size // 2, 3))
+            arr[a:a + size // 2, b:b + size // 2] = np.asarray(COLOURS[name.lower()]) + rng.normal(0, 12, (size // 2, size // 2, 3))
             Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(root / name / f"{name}_{i:02d}{ext}")
     return root
 

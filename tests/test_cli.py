@@ -133,3 +133,42 @@ def test_predict_refuses_a_non_model_file(tmp_path, capsys):
     fake.write_text("nope")
     assert main(["predict", str(fake), str(img)]) == 1
     assert "error: model: Expected a .keras file" in capsys.readouterr().err
+
+
+def test_out_must_be_a_writable_folder_before_any_work(tmp_path, capsys):
+    f = tmp_path / "notadir"
+    f.write_text("x")
+    assert main(["train", "--data", str(tmp_path), "--out", str(f), "--weights", "none"]) == 2
+    assert "out: Expected a folder for the run. Received:" in capsys.readouterr().err
+
+
+def test_config_files_that_are_binary_or_mistyped_are_refused(tmp_path, capsys):
+    binary = tmp_path / "w.h5"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\x00\xff")
+    typed = tmp_path / "c.json"
+    typed.write_text('{"dense": 128, "base": ["mobilenet"]}')
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"epochs": 3}')
+    for cfg, msg in ((binary, "Expected a JSON text file"), (typed, "dense: Expected a list")):
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
+        assert msg in capsys.readouterr().err
+    from core.config import ExperimentConfig
+
+    assert ExperimentConfig.load(bom).epochs == 3
+    assert "base: Expected one of" in ExperimentConfig(base=["mobilenet"]).problems()[0]
+    assert "seed" in ExperimentConfig(seed=2**32).problems()[0]
+
+
+def test_predict_expands_folders_and_refuses_models_without_image_input(trained_run, tmp_path):
+    import keras
+
+    _, data, out, _ = trained_run
+    r = run_cli("predict", out / "model.keras", data / "red")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(r.stdout.strip().splitlines()) == 1 + 10
+    inp = keras.Input((4,))
+    keras.Model(inp, keras.layers.Dense(2)(inp)).save(tmp_path / "vector.keras")
+    from core.export import ModelFileError, load_model
+
+    with pytest.raises(ModelFileError, match=r"Expected a model taking images .* input shape \(None, 4\)"):
+        load_model(tmp_path / "vector.keras")

@@ -232,3 +232,69 @@ def test_public_dataset_with_two_archives_becomes_train_and_validation(tmp_path,
     d = load_dataset(download_dataset("rock-paper-scissors"))
     assert d.layout == "splits" and d.class_names == ["blue", "green", "red"]
     assert len(d.train) == 9 and len(d.validation) == 9
+
+
+def _zip_of(src: Path, z: Path, prefix: str = "", backslash_dirs: bool = False) -> Path:
+    with zipfile.ZipFile(z, "w") as zf:
+        if backslash_dirs:
+            zf.writestr(zipfile.ZipInfo("photos\\"), b"")
+            for d in sorted(p for p in src.iterdir() if p.is_dir()):
+                zf.writestr(zipfile.ZipInfo(f"photos\\{d.name}\\"), b"")
+        for p in sorted(src.rglob("*.png")):
+            rel = str(p.relative_to(src))
+            zf.write(p, f"photos\\{rel.replace('/', chr(92))}" if backslash_dirs else f"{prefix}{rel}")
+    return z
+
+
+def test_windows_zip_with_backslash_folder_entries(tmp_path):
+    src = write_colour_images(tmp_path / "src", per_class=3)
+    d = load_dataset(_zip_of(src, tmp_path / "win.zip", backslash_dirs=True))
+    assert d.class_names == ["blue", "green", "red"] and d.skipped == []
+
+
+def test_damaged_and_odd_zip_members_are_skipped_by_name_not_crashes(tmp_path):
+    src = write_colour_images(tmp_path / "src", per_class=3)
+    z = _zip_of(src, tmp_path / "odd.zip")
+    with zipfile.ZipFile(z, "a") as zf:
+        zf.writestr("red/" + "x" * 300 + ".png", b"whatever")  # too long a name for the disk
+        zf.writestr("green", b"a file named like a class folder")
+    d = load_dataset(z)
+    reasons = {d.display(s.path): s.reason for s in d.skipped}
+    assert any(k.startswith("odd.zip:red/xxx") and "too long" in v for k, v in reasons.items())
+    assert len(d.train) + len(d.validation) == 9
+    assert not list((Path(d.root).parent).glob("tmp*"))  # nothing half-extracted left behind
+
+
+def test_a_class_called_train_is_a_class_and_class_case_matches_across_splits(tmp_path):
+    root = write_colour_images(tmp_path / "vehicles", per_class=3, classes=("blue", "green"))
+    write_colour_images(tmp_path / "tmp_train", per_class=3, classes=("red",))
+    (tmp_path / "tmp_train" / "red").rename(root / "train")
+    d = load_dataset(root)
+    assert d.class_names == ["blue", "green", "train"] and d.layout == "classes"
+    split = tmp_path / "split"
+    write_colour_images(split / "train", per_class=4, classes=("red", "blue"))
+    write_colour_images(split / "validation", per_class=2, classes=("Red", "BLUE"), seed=1)
+    d = load_dataset(split)
+    assert d.validation.counts() == {"blue": 2, "red": 2}
+
+
+def test_two_validation_folders_are_refused_and_a_readme_beside_a_wrapper_is_fine(tmp_path):
+    root = tmp_path / "d"
+    write_colour_images(root / "train", per_class=3, classes=("red", "blue"))
+    write_colour_images(root / "val", per_class=2, classes=("red", "blue"))
+    write_colour_images(root / "validation", per_class=1, classes=("red", "blue"))
+    with pytest.raises(DataError, match="Expected one validation folder. Received: val/, validation/"):
+        load_dataset(root)
+    wrapped = tmp_path / "w"
+    write_colour_images(wrapped / "photos", per_class=3)
+    (wrapped / "README.txt").write_text("my photos")
+    assert load_dataset(wrapped).class_names == ["blue", "green", "red"]
+
+
+def test_errors_about_a_zip_name_the_zip_not_the_cache(tmp_path):
+    z = tmp_path / "holiday.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("a.png", b"x")
+    with pytest.raises(DataError, match="in holiday.zip") as e:
+        load_dataset(z)
+    assert "transfer_lab" not in str(e.value) and "zips" not in str(e.value)

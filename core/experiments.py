@@ -237,7 +237,6 @@ def start_training(config: ExperimentConfig, data, save: bool = True) -> Backgro
 
         run_dir = runs_root() / (time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]) if save else None
         result = train(config, data, listeners=listeners, stop=stop, run_dir=run_dir)
-        result.run_dir = str(run_dir) if run_dir else None  # where the files are, for downloads
         return result
 
     return BackgroundRun(target, "train", label=config.weights_label()).start()
@@ -303,7 +302,6 @@ def compare_dropout(config: ExperimentConfig, data, rates=DEFAULT_RATES, listene
         if on_run_begin:
             on_run_begin(i, rate)
         result = train(cfg, data, listeners=listeners, stop=stop)
-        result.run_dir = None
         runs.append(result)
         if on_run_end:
             on_run_end(i, rate, result)
@@ -394,21 +392,6 @@ def cut_index(base, cut: str | None) -> int:
     return names.index(cut)
 
 
-def bn_trains(config: ExperimentConfig) -> bool:
-    """Whether unlocked BatchNorm layers train, as ``core.model.build_model`` decides:
-    when asked, or when the base is random (weights none: no statistics to protect)."""
-    return bool(config.train_batchnorm) or config.weights == "none"
-
-
-def from_scratch_warning(config: ExperimentConfig) -> str | None:
-    """The trap of weights none with every layer locked, in words (None when not in it)."""
-    if config.weights == "none" and config.freeze == "all":
-        return ("Weights none with every base layer locked: the head would learn from random features "
-                "(in MobileNets they fade to almost zero, so expect chance accuracy). Unlock the layers "
-                "(Lock nothing) to train from scratch, or use a weights file.")
-    return None
-
-
 def lock_param_counts(base, config: ExperimentConfig, num_classes: int) -> dict:
     """Trainable and locked parameters of the model ``config`` would build on ``base``.
 
@@ -417,7 +400,7 @@ def lock_param_counts(base, config: ExperimentConfig, num_classes: int) -> dict:
     using the (un-mutated) base's layers up to the cut, plus the head estimate.
     Raises ConfigError for an unknown ``up-to`` layer.
     """
-    from core.freeze import BATCHNORM_TYPES, FreezeSpec, count_params
+    from core.freeze import BATCHNORM_TYPES, FreezeSpec, batchnorm_trains, count_params
     from core.head import head_param_estimate
 
     last = cut_index(base, config.cut)
@@ -428,7 +411,7 @@ def lock_param_counts(base, config: ExperimentConfig, num_classes: int) -> dict:
         total = count_params(layer.weights)
         can_train = count_params(layer.trainable_weights) if layer.trainable else 0
         is_bn = type(layer).__name__ in BATCHNORM_TYPES
-        t = 0 if is_locked or (is_bn and not bn_trains(config)) else can_train
+        t = 0 if is_locked or (is_bn and not batchnorm_trains(config)) else can_train
         trainable += t
         locked += total - t
     feature_shape = tuple(int(d) for d in layers[-1].output.shape[1:])
@@ -516,7 +499,7 @@ def layer_rows(base, config: ExperimentConfig) -> list[dict]:
     ``state`` is "trainable", "locked", "no weights" or "cut off" (after the cut
     layer, not part of the model). Raises ConfigError for an unknown lock layer.
     """
-    from core.freeze import BATCHNORM_TYPES, FreezeSpec, layer_table
+    from core.freeze import BATCHNORM_TYPES, FreezeSpec, batchnorm_trains, layer_table
 
     rows = layer_table(base, "none")
     last = cut_index(base, config.cut)
@@ -528,7 +511,7 @@ def layer_rows(base, config: ExperimentConfig) -> list[dict]:
             row["trainable"], row["state"] = False, "cut off"
         elif not row["params"]:
             row["trainable"], row["state"] = False, "no weights"
-        elif mask[i] or (is_bn and not bn_trains(config)):
+        elif mask[i] or (is_bn and not batchnorm_trains(config)):
             row["trainable"] = False
             row["state"] = "locked" if mask[i] else "locked (BatchNorm)"
         else:

@@ -73,6 +73,12 @@ class FreezeSpec:
                           f"Received: {name!r}.{hint}")
 
 
+def batchnorm_trains(config) -> bool:
+    """Whether unlocked BatchNorm layers train: when asked, or when the base is random
+    (weights none: there are no pretrained statistics to protect)."""
+    return bool(config.train_batchnorm) or config.weights == "none"
+
+
 def apply_freeze(base, spec: FreezeSpec | str, train_batchnorm: bool = False) -> None:
     """Set ``layer.trainable`` on the base's layers. BatchNorm stays locked unless asked.
 

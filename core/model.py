@@ -9,7 +9,17 @@ from dataclasses import dataclass
 
 from core.bases import build_base, cut_base, get_spec, preprocessing_layer
 from core.config import ExperimentConfig
-from core.freeze import BATCHNORM_TYPES, apply_freeze, base_is_frozen
+from core.freeze import BATCHNORM_TYPES, apply_freeze, base_is_frozen, batchnorm_trains
+
+
+def from_scratch_warning(config: ExperimentConfig, base_frozen: bool | None = None) -> str | None:
+    """The trap of weights none with every base layer locked, in words (None when not in it)."""
+    frozen = config.freeze == "all" if base_frozen is None else base_frozen
+    if config.weights == "none" and frozen:
+        return ("weights none with every base layer locked: the head learns from random features "
+                "(in MobileNets they fade to almost zero, so expect chance accuracy). Unlock layers "
+                "(freeze none) to train from scratch, or use a weights file")
+    return None
 
 
 def pretrained_bn_trains(base) -> bool:
@@ -31,13 +41,8 @@ class BuiltModel:
         return base_is_frozen(self.base)
 
     def warnings(self, config: ExperimentConfig) -> list[str]:
-        out = []
-        if config.weights == "none" and self.base_frozen:
-            out.append(
-                "weights none with every layer locked: the head learns from random features "
-                "(in MobileNets they fade to almost zero, so expect chance accuracy). "
-                "Unlock layers (freeze none) to train from scratch, or use pretrained weights"
-            )
+        scratch = from_scratch_warning(config, self.base_frozen)
+        out = [scratch] if scratch else []
         if pretrained_bn_trains(self.base) and config.weights != "none":
             out.append(
                 "unlocked BatchNorm layers will update their statistics on your data "
@@ -58,7 +63,7 @@ def build_model(config: ExperimentConfig, num_classes: int, base=None) -> BuiltM
     pretrained = config.weights != "none"
     # The BatchNorm rules protect pretrained statistics; a randomly initialised base has
     # none to protect, and its BatchNorm must learn them (else activations vanish).
-    apply_freeze(base, config.freeze, config.train_batchnorm or not pretrained)
+    apply_freeze(base, config.freeze, batchnorm_trains(config))
     if not pretrained:
         # Keras bases use BatchNorm momentum 0.99 (0.999 in MobileNet): on a small dataset
         # the moving statistics would still be near their initial values when training

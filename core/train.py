@@ -104,6 +104,7 @@ class RunResult:
     data: DataSplits | None = None
     timings: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    run_dir: str | None = None  # the run folder, when saved
 
     def history_frame(self):
         import pandas as pd
@@ -233,6 +234,7 @@ def train(
         from core.export import save_run
 
         save_run(result, run_dir)
+        result.run_dir = str(run_dir)
     for listener in listeners:
         listener.on_train_end(result)
     return result

@@ -6,7 +6,8 @@ import streamlit as st
 from core import samples
 from core.bases import BASES, get_spec, suggested_cuts
 from core.config import ConfigError
-from core.experiments import (check_weights_file, from_scratch_warning, imagenet_problem, layer_rows,
+from core.model import from_scratch_warning
+from core.experiments import (check_weights_file, imagenet_problem, layer_rows,
                               lock_param_counts)
 
 st.title("Base & layers")

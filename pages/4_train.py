@@ -5,7 +5,8 @@ import streamlit as st
 
 from core import charts
 from core.config import ConfigError
-from core.experiments import from_scratch_warning, history_rows_frame, start_training
+from core.model import from_scratch_warning
+from core.experiments import history_rows_frame, start_training
 
 st.title("Train")
 st.write("Set how long to train and press **Train**: the charts update after every epoch, and **Stop** "

@@ -180,6 +180,8 @@ def _build_with_file(spec: BaseSpec, builder, kwargs, path: Path, alpha: float, 
         n = found.get("layers")
         expected = sum(1 for layer in base.layers if layer.weights)
         got = f"a {found['format']} file with {n} weighted layers" if n else "a file of another layout"
+        if n and n > expected:
+            got += " (more than the no-top base has: does it include the classification top?)"
         raise WeightsError(
             f"weights: Expected weights for {what} ({expected} weighted layers). "
             f"Received: {path.name}, {got}; Keras says: {_first_line(e)}"
@@ -244,9 +246,12 @@ def describe_weights_file(path: str | Path) -> dict:
                 top = next((n for n in names if re.fullmatch(r"(predictions|fc1000|probs|logits|Logits)", n)), None)
                 return {"format": "legacy h5", "layers": len(weighted), "has_top": bool(top), "top_layer": top}
             if "layers" in f:
-                names = list(f["layers"].keys())
-                top = next((n for n in names if re.fullmatch(r"(predictions|fc1000|probs|logits)", n)), None)
-                return {"format": "keras3 weights.h5", "layers": len(names), "has_top": bool(top), "top_layer": top}
+                g = f["layers"]
+                keys = list(g.keys())
+                weighted = [k for k in keys if "vars" in g[k] and len(g[k]["vars"]) > 0]
+                # Keras 3 names entries by layer class; bases have no Dense layer but their top
+                top = next((k for k in keys if re.fullmatch(r"dense(_\d+)?|predictions", k)), None)
+                return {"format": "keras3 weights.h5", "layers": len(weighted), "has_top": bool(top), "top_layer": top}
             return {"format": "unknown h5"}
     except OSError:
         return {"format": "unreadable"}

@@ -126,3 +126,23 @@ def test_one_training_step_changes_exactly_the_trainable_layers(tiny_weights, co
 def test_unlocked_batchnorm_on_pretrained_weights_is_warned(tiny_weights):
     built = build_model(tiny_config(freeze="none", train_batchnorm=True, weights=str(tiny_weights["legacy"])), 2)
     assert any("BatchNorm" in w for w in built.warnings(tiny_config(weights=str(tiny_weights["legacy"]))))
+
+
+def test_the_course_head_on_inception_mixed7_passes_the_flatten_cap():
+    from core.config import ExperimentConfig
+    from core.head import check_head_size
+
+    # InceptionV3 cut at mixed7 at 150 px gives a 7x7x768 map; Flatten -> Dense 1024 -> 2 classes
+    cfg = ExperimentConfig(base="inception_v3", image_size=150, cut="mixed7", pooling="flatten", dense=[1024])
+    n = check_head_size((7, 7, 768), cfg, 2)
+    assert n == 7 * 7 * 768 * 1024 + 1024 + 1024 * 2 + 2  # about 38.5 M
+    with pytest.raises(ConfigError, match="use pooling 'gap'"):
+        check_head_size((10, 10, 2048), ExperimentConfig(pooling="flatten", dense=[1024]), 2)
+
+
+@pytest.mark.slow
+def test_inception_cut_at_mixed7_at_150_px_has_the_course_shape():
+    cfg = tiny_config(base="inception_v3", image_size=150, cut="mixed7", pooling="flatten", dense=[1024])
+    built = build_model(cfg, 2)
+    assert built.feature_shape == (7, 7, 768)
+    assert param_counts(built.model)["trainable"] == 38_537_218

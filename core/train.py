@@ -27,6 +27,7 @@ import numpy as np
 
 from core.config import ExperimentConfig
 from core.data import DataSplits, cache_dir, load_arrays
+from core.freeze import BATCHNORM_TYPES
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 
@@ -203,6 +204,12 @@ def train(
         fit_model = built.model
         fit_x = _pipeline(x_train, y_train, config)
         fit_val = (x_val.astype(np.float32), y_val)
+        if any(type(layer).__name__ in BATCHNORM_TYPES and layer.trainable for layer in built.base.layers):
+            # BatchNorm learning from scratch: its moving statistics lag far behind the
+            # weights on a small dataset, and inference (validation too) would see vanished
+            # features. Re-estimate them from training images before each validation.
+            recorder.validate = _validate_after_recalibration(built, x_train, fit_val, config.batch_size)
+            fit_val = None
 
     t = time.perf_counter()
     if not stop.is_set():
@@ -263,6 +270,30 @@ def _pipeline(x, y, config: ExperimentConfig):
     if aug is not None:
         ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def recalibrate_batchnorm(built, x: np.ndarray, batch_size: int, limit: int = 512) -> None:
+    """Set the unlocked BatchNorm layers' moving statistics to the average over training batches."""
+    layers = [layer for layer in built.base.layers if type(layer).__name__ in BATCHNORM_TYPES and layer.trainable]
+    saved = [layer.momentum for layer in layers]
+    try:
+        for k, start in enumerate(range(0, min(len(x), limit), batch_size)):
+            for layer in layers:
+                layer.momentum = k / (k + 1)  # a running mean of the batch statistics
+            xb = x[start:start + batch_size].astype(np.float32)
+            built.base(built.preprocess(xb) if built.preprocess is not None else xb, training=True)
+    finally:
+        for layer, m in zip(layers, saved):
+            layer.momentum = m
+
+
+def _validate_after_recalibration(built, x_train, val, batch_size):
+    def validate(model) -> dict:
+        recalibrate_batchnorm(built, x_train, batch_size)
+        scores = model.evaluate(val[0], val[1], batch_size=batch_size, verbose=0, return_dict=True)
+        return {"val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"])}
+
+    return validate
 
 
 # -- base features, once -------------------------------------------------------------------------
@@ -332,6 +363,7 @@ class _Recorder:
         self.best: tuple[int, float] | None = None
         self.best_weights = None
         self.weights_of = None
+        self.validate = None  # a function(model) -> val logs, when Keras must not validate itself
         self.stopped = False
         self.early_stopped = False
         self._interrupted = False
@@ -365,7 +397,10 @@ class _Recorder:
             def on_epoch_end(self, epoch, logs=None):
                 if rec._interrupted:
                     return  # cut short by Stop: not a finished epoch, not recorded
-                rec.epoch_end(self.model, {k: float(v) for k, v in (logs or {}).items()})
+                logs = {k: float(v) for k, v in (logs or {}).items()}
+                if rec.validate is not None:
+                    logs.update(rec.validate(self.model))
+                rec.epoch_end(self.model, logs)
                 if rec.stop.is_set():
                     rec.stopped = True
                     self.model.stop_training = True

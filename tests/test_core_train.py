@@ -159,3 +159,21 @@ def test_class_weights_are_used_when_on(colour_data_session, monkeypatch):
     monkeypatch.setattr(keras.Model, "fit", spy)
     train(learner_config(epochs=1, class_weights=True), colour_data_session)
     assert seen["class_weight"] == pytest.approx({0: 1.0, 1: 1.0, 2: 1.0})
+
+
+def test_from_scratch_batchnorm_statistics_are_recalibrated_before_validation(colour_data_session):
+    from core.model import build_model
+    from core.train import recalibrate_batchnorm
+
+    cfg = tiny_config(freeze="none", weights="none")
+    built = build_model(cfg, 3)
+    x = load_arrays(colour_data_session.train.paths[:16], 32).astype(np.float32)
+    inp = built.preprocess(x)
+    before = np.asarray(built.base(inp, training=False))
+    recalibrate_batchnorm(built, x, batch_size=16)
+    after = np.asarray(built.base(inp, training=False))
+    batch_mode = np.asarray(built.base(inp, training=True))
+    assert np.abs(before).mean() < 1e-3 * np.abs(batch_mode).mean()  # vanished before
+    np.testing.assert_allclose(after, batch_mode, rtol=1e-2, atol=1e-3 * np.abs(batch_mode).max())
+    r = train(tiny_config(freeze="none", weights="none", epochs=2), colour_data_session)
+    assert r.path == "full" and all(h["val_accuracy"] is not None for h in r.history)

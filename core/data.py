@@ -603,9 +603,11 @@ def load_arrays(paths: list[str], size: int) -> np.ndarray:
 # -- the built-in sample -------------------------------------------------------------------
 
 SAMPLE_CLASSES = ("circle", "square", "triangle")
+SAMPLE_IMAGE_SIZE = 96  # train the sample at its native size: ~5x faster than 224 px
 
 
-def make_sample_dataset(dest: str | Path | None = None, per_class: int = 40, size: int = 96, seed: int = 0) -> Path:
+def make_sample_dataset(dest: str | Path | None = None, per_class: int = 40, size: int = SAMPLE_IMAGE_SIZE,
+                        seed: int = 0) -> Path:
     """Write the built-in sample: coloured shapes on noisy backgrounds, 3 classes.
 
     Generated offline and deterministically; each class has its own shape and

@@ -4,7 +4,7 @@ from dataclasses import replace
 import streamlit as st
 
 from core import charts, samples
-from core.data import DataError, load_dataset, make_sample_dataset
+from core.data import SAMPLE_IMAGE_SIZE, DataError, load_dataset, make_sample_dataset
 
 st.title("Data")
 st.write("Pick the images your model will learn to tell apart: one click for the built-in sample, "
@@ -34,10 +34,13 @@ def load(path: str, name: str) -> None:
 left, right = st.columns(2)
 with left:
     st.subheader("Built-in sample")
-    st.caption("Three classes of coloured shapes (circle, square, triangle), 40 images each, made on this "
-               "machine: no download, trains in well under a minute.")
+    st.caption(f"Three classes of coloured shapes (circle, square, triangle), 40 images each, made on this "
+               f"machine: no download. Its images are {SAMPLE_IMAGE_SIZE} px, so the image size is set to that.")
     if st.button("Use the sample dataset", type="primary", key="use_sample"):
         load(str(make_sample_dataset()), "built-in sample")
+        # Training at the sample's own size is ~5x faster than at the base's 224 px.
+        st.session_state.config = cfg = replace(cfg, image_size=SAMPLE_IMAGE_SIZE)
+        st.session_state.pop("w_size", None)
 with right:
     st.subheader("Your images")
     upload = st.file_uploader("Zip of class folders, or of train/ + validation/ folders", type=["zip"],

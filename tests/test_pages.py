@@ -77,6 +77,7 @@ def test_sample_dataset_one_click():
     assert "20% of each class is held out" in texts(at.info)
     assert at.session_state.data.class_names == ["circle", "square", "triangle"]
     assert at.session_state.data_source == "built-in sample"
+    assert at.session_state.config.image_size == 96  # the sample's own size: fast to train
 
 
 @pytest.mark.parametrize("files, message", [

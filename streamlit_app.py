@@ -11,11 +11,16 @@ import streamlit as st
 
 from core.config import ExperimentConfig
 from core.experiments import experiment_lines
+from core.workspace import Workspace
 
 st.set_page_config(page_title="Transfer Lab", page_icon=":material/science:", layout="wide")
 
 if "config" not in st.session_state:
     st.session_state.config = ExperimentConfig()
+if "workspace" not in st.session_state:
+    st.session_state.workspace = Workspace.open(st.query_params.get("ws"))
+if st.query_params.get("ws") != st.session_state.workspace.id:  # page switches drop query params
+    st.query_params["ws"] = st.session_state.workspace.id
 
 PAGES = [
     st.Page("pages/1_data.py", title="1 · Data", icon=":material/folder_open:", url_path="data", default=True),

@@ -217,13 +217,13 @@ def describe_result(result) -> str:
 
 # -- single runs ---------------------------------------------------------------------------------
 
-def runs_root() -> Path:
-    d = cache_dir() / "runs"
+def runs_root(workspace=None) -> Path:
+    d = workspace.runs_dir if workspace is not None else cache_dir() / "runs"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def start_training(config: ExperimentConfig, data, save: bool = True) -> BackgroundRun:
+def start_training(config: ExperimentConfig, data, save: bool = True, workspace=None) -> BackgroundRun:
     """Validate, then train ``config`` on ``data`` in a background thread.
 
     Raises :class:`ConfigError` at once (before any thread) on a bad setting.
@@ -235,7 +235,7 @@ def start_training(config: ExperimentConfig, data, save: bool = True) -> Backgro
     def target(listeners, stop):
         from core.train import train
 
-        run_dir = runs_root() / (time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]) if save else None
+        run_dir = runs_root(workspace) / (time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]) if save else None
         result = train(config, data, listeners=listeners, stop=stop, run_dir=run_dir)
         return result
 

@@ -44,7 +44,7 @@ def skipped_frame(data):
         try:
             shown = str(Path(s.path).relative_to(root))
         except ValueError:
-            shown = Path(s.path).name
+            shown = data.display(s.path)
         rows.append({"file": shown, "reason": s.reason})
     return pd.DataFrame(rows, columns=["file", "reason"])
 
@@ -62,6 +62,42 @@ def thumbnails(data, per_class: int = 6, size: int = 96, split: str = "train") -
         except ImageDecodeError:
             continue
     return out
+
+
+def thumbnail_paths(data, per_class: int = 8, split: str = "train") -> dict[str, list[str]]:
+    """Up to ``per_class`` files per class, spread over the class (not just its first files)."""
+    ds = getattr(data, split)
+    by_class: dict[str, list[str]] = {name: [] for name in data.class_names}
+    for path, label in zip(ds.paths, ds.labels):
+        by_class[data.class_names[int(label)]].append(path)
+    out = {}
+    for name, paths in by_class.items():
+        if len(paths) <= per_class:
+            out[name] = paths
+        else:
+            idx = np.linspace(0, len(paths) - 1, per_class).round().astype(int)
+            out[name] = [paths[i] for i in idx]
+    return out
+
+
+def preview_image(path: str, max_side: int = 768) -> np.ndarray:
+    """One image, uncropped, at most ``max_side`` pixels on its long side (for an enlarged view)."""
+    from PIL import Image
+
+    arr = decode_image(path)
+    h, w = arr.shape[:2]
+    if max(h, w) <= max_side:
+        return arr
+    img = Image.fromarray(arr)
+    img.thumbnail((max_side, max_side), Image.BILINEAR)
+    return np.asarray(img)
+
+
+def report_frame(data):
+    """The report table: one row per class (images per split, skipped, median size, formats)."""
+    import pandas as pd
+
+    return pd.DataFrame(data.report_rows())
 
 
 def augmented_samples(paths: list[str], size: int, kind: str = "default", copies: int = 4, seed: int = 0) -> list[list[np.ndarray]]:
@@ -92,15 +128,16 @@ def preview_paths(data, per_class: int = 1) -> list[str]:
     return picked
 
 
-def save_upload(name: str, content: bytes, kind: str) -> Path:
-    """Keep an uploaded file under the cache, in a folder named by its content.
+def save_upload(name: str, content: bytes, kind: str, workspace=None) -> Path:
+    """Keep an uploaded file in the person's workspace (or the cache), in a folder named by its content.
 
     The original file name is kept (sanitised): Keras reads weights files by
     their suffix, and messages name the file as the person knows it.
     """
     digest = hashlib.sha256(content).hexdigest()[:16]
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "upload"
-    folder = cache_dir() / "uploads" / kind / digest
+    parent = workspace.folder("uploads", kind) if workspace is not None else cache_dir() / "uploads" / kind
+    folder = parent / digest
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / safe
     if not path.exists() or path.stat().st_size != len(content):

@@ -47,7 +47,7 @@ with right:
                               key="data_zip")
     if upload is not None and st.session_state.get("data_upload_id") != upload.file_id:
         st.session_state.data_upload_id = upload.file_id
-        path = samples.save_upload(upload.name, upload.getvalue(), "data")
+        path = samples.save_upload(upload.name, upload.getvalue(), "data", st.session_state.get("workspace"))
         load(str(path), upload.name)
 
 pct = st.select_slider("Validation share (used when the data has no validation/ folder)", list(range(5, 55, 5)),

@@ -106,7 +106,7 @@ else:
     what = f"{spec.label}" + (f", alpha {alpha:g}" if spec.alphas else "") + f", no top (e.g. *_no_top.weights.h5)"
     up = st.file_uploader(f"Weights file for {what}", key="w_weights_upload")
     if up is not None:
-        path = samples.save_upload(up.name, up.getvalue(), "weights")
+        path = samples.save_upload(up.name, up.getvalue(), "weights", st.session_state.get("workspace"))
         st.session_state.weights_file = str(path)
     path = st.session_state.get("weights_file")
     if path:

@@ -52,7 +52,7 @@ for p in problems:
 
 if st.button("Train", type="primary", disabled=data is None or bool(problems) or running, key="train"):
     try:
-        st.session_state.run = handle = start_training(cfg, data)
+        st.session_state.run = handle = start_training(cfg, data, workspace=st.session_state.get("workspace"))
         running = True
     except ConfigError as e:
         st.error(str(e))

@@ -1,0 +1,78 @@
+"""Per-person workspaces: where one browser session's uploads, extracted data and runs live.
+
+A workspace is a folder under the cache named by a random id. The app keeps the
+id in the page URL (``?ws=…``), so a refresh reattaches to the same files and
+runs, and another session never sees them unless it is given that URL. Deleting
+a workspace removes everything in it. No Streamlit here: pages call this.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.data import cache_dir
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def new_id() -> str:
+    """A fresh unguessable workspace id (URL-safe, 22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def valid_id(wid) -> bool:
+    return isinstance(wid, str) and bool(ID_PATTERN.match(wid))
+
+
+def workspaces_root() -> Path:
+    d = cache_dir() / "workspaces"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@dataclass(frozen=True)
+class Workspace:
+    id: str
+
+    def __post_init__(self):
+        if not valid_id(self.id):
+            raise ValueError(f"workspace: Expected 16-64 letters, digits, '-' or '_'. Received: {self.id!r}")
+
+    @classmethod
+    def open(cls, wid: str | None = None) -> "Workspace":
+        """The workspace ``wid`` when it is a well-formed id, else a new one."""
+        return cls(wid if valid_id(wid) else new_id())
+
+    @property
+    def root(self) -> Path:
+        d = workspaces_root() / self.id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def folder(self, *parts: str) -> Path:
+        """A subfolder of the workspace (created), e.g. ``folder("uploads", "data")``."""
+        d = self.root.joinpath(*parts)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.folder("runs")
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "runs.sqlite"
+
+    def exists(self) -> bool:
+        return (workspaces_root() / self.id).is_dir()
+
+    def size_bytes(self) -> int:
+        base = workspaces_root() / self.id
+        return sum(p.stat().st_size for p in base.rglob("*") if p.is_file()) if base.is_dir() else 0
+
+    def delete(self) -> None:
+        """Remove every upload, extracted dataset and run of this workspace."""
+        shutil.rmtree(workspaces_root() / self.id, ignore_errors=True)

@@ -45,6 +45,7 @@ class DataError(Exception):
 class Skipped:
     path: str
     reason: str
+    label: str = ""  # the class the file was in, when it was in one
 
 
 @dataclass
@@ -74,19 +75,31 @@ class DataSplits:
     warnings: list[str] = field(default_factory=list)  # lopsided or tiny data, named with numbers
     source: str = ""  # what the person gave: a folder or a zip
     file_info: dict = field(default_factory=dict)  # path -> (format, width, height)
+    origins: dict = field(default_factory=dict)  # unpacked folder -> what the person calls it ("photos.zip")
 
     def display(self, path: str) -> str:
         """A file as the person knows it: ``photos.zip:cats/1.jpg`` rather than a cache path."""
-        src = Path(self.source) if self.source else None
-        if src is not None and src.is_file():
-            top = Path(self.root)
-            while top.parent.name != "zips" and top.parent != top:
-                top = top.parent
-            try:
-                return f"{src.name}:{Path(path).relative_to(top).as_posix()}"
-            except ValueError:
-                return path
+        best = ""
+        for prefix in self.origins:
+            if (path == prefix or path.startswith(prefix.rstrip(os.sep) + os.sep)) and len(prefix) > len(best):
+                best = prefix
+        if best:
+            rel, label = Path(path).relative_to(best).as_posix(), self.origins[best]
+            if rel == ".":
+                return label
+            return f"{label}/{rel}" if ":" in label else f"{label}:{rel}"  # "a.zip:cats" + "/1.jpg"
         return path
+
+    def skipped_csv(self) -> str:
+        """The skipped files and their reasons as CSV text (``file,reason``), as ``scan --report`` writes."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["file", "reason"])
+        w.writerows([self.display(s.path), s.reason] for s in self.skipped)
+        return buf.getvalue()
 
     def class_weights(self) -> dict[int, float]:
         """Balanced weights from the training counts: n / (classes * count)."""
@@ -106,7 +119,7 @@ class DataSplits:
             sizes = sorted((w * h, w, h) for _, w, h in infos)
             med = sizes[len(sizes) // 2] if sizes else None
             formats = collections.Counter(f for f, _, _ in infos)
-            skipped = sum(1 for s in self.skipped if f"{os.sep}{name}{os.sep}" in s.path)
+            skipped = sum(1 for s in self.skipped if s.label == name)
             row = {"class": name, "images": len(paths), "train": int(np.sum(self.train.labels == idx)),
                    "validation": int(np.sum(self.validation.labels == idx))}
             if self.test is not None:
@@ -292,7 +305,7 @@ class _Checker:
         self.done = 0
         self.total = 0
 
-    def check(self, paths: list[Path]) -> tuple[list[Path], list[Skipped], list[str]]:
+    def check(self, paths: list[Path], label: str = "") -> tuple[list[Path], list[Skipped], list[str]]:
         def one(p: Path):
             try:
                 decode_image(p, CHECK_SIZE)
@@ -310,7 +323,7 @@ class _Checker:
         ok, skipped, notes = [], [], []
         for p, (reason, info) in zip(paths, results):
             if reason is not None:
-                skipped.append(Skipped(str(p), reason))
+                skipped.append(Skipped(str(p), reason, label))
                 continue
             ok.append(p)
             self.info[str(p)] = info
@@ -332,7 +345,7 @@ IMBALANCE_WARN = 5.0  # warn when the largest class has this many times the imag
 
 
 def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_split: float = 0.0,
-                 progress=None) -> DataSplits:
+                 progress=None, unpack_dir: str | Path | None = None) -> DataSplits:
     """Find classes in a folder or zip, check every file, and split.
 
     Layouts: class folders at the root (``cats/…``, ``dogs/…``); one wrapper
@@ -341,26 +354,21 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
     nested subfolders of a class count for that class. Without split folders the
     split is stratified and seeded; ``test_split`` sets a fraction aside as a
     held-out test split. ``progress(done, total)`` is called while files are checked.
+    A zip is unpacked (once) under ``unpack_dir`` (default: the shared cache; the
+    app gives the person's workspace).
     """
     src = Path(path)
     if not src.exists():
         raise DataError(f"data: Expected a folder or a .zip file. Received: {path} (does not exist)")
-    notes: list[str] = []
     if src.is_file():
         if not zipfile.is_zipfile(src):
             raise DataError(f"data: Expected a folder or a .zip file. Received: {src.name} (not a zip archive)")
-        root = extract_zip(src)
-        zip_skipped = []
-        for kind in ("damaged", "ignored"):
-            f = root / f".{kind}"
-            for line in (f.read_text(encoding="utf-8").splitlines() if f.exists() else []):
-                member, _, reason = line.partition("\t")
-                if kind == "damaged":
-                    zip_skipped.append(Skipped(str(root / member), reason))
-                else:
-                    notes.append(f"{src.name}:{member}: {reason}")
+        root = extract_zip(src, unpack_dir)
+        origins = {str(root): src.name}
     else:
-        root, zip_skipped = src, []
+        root, origins = src, {}
+    notes, zip_skipped, more_origins = _unpack_records(root, src.name if src.is_file() else "")
+    origins.update(more_origins)
     top = root
     root = _unwrap(root)
     checker = _Checker(progress)
@@ -377,11 +385,56 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
         if src.is_file():  # name the user's zip, not the cache folder it was unpacked into
             raise DataError(str(e).replace(str(top), src.name).replace(top.name, src.name)) from None
         raise
+    for s in zip_skipped:
+        s.label = s.label or _class_of(s.path, root, out)
     out.skipped = zip_skipped + out.skipped
     out.source = str(src)
+    out.origins = origins
     out.file_info = checker.info
     out.warnings = _balance_warnings(out)
     return out
+
+
+def _unpack_records(top: Path, zip_name: str) -> tuple[list[str], list[Skipped], dict]:
+    """What unpacking left beside the files (ours only: a folder with ``.complete``).
+
+    ``.damaged``: members that could not be unpacked; ``.ignored``: members left out
+    on purpose (notes); ``.skipped``: already-named skipped files (merged zips);
+    ``.origins.json``: which folder came from which zip.
+    """
+    notes: list[str] = []
+    skipped: list[Skipped] = []
+    origins: dict = {}
+    if not (top / ".complete").exists():
+        return notes, skipped, origins
+    for kind in ("damaged", "ignored", "skipped"):
+        f = top / f".{kind}"
+        for line in (f.read_text(encoding="utf-8").splitlines() if f.exists() else []):
+            member, _, reason = line.partition("\t")
+            if kind == "damaged":
+                skipped.append(Skipped(str(top / member), reason))
+            elif kind == "skipped":
+                skipped.append(Skipped(member, reason))
+            else:
+                notes.append(f"{zip_name + ':' if zip_name else ''}{member}: {reason}")
+    f = top / ".origins.json"
+    if f.exists():
+        import json
+
+        origins = {str(top / k): v for k, v in json.loads(f.read_text(encoding="utf-8")).items()}
+    return notes, skipped, origins
+
+
+def _class_of(path: str, root: Path, data: "DataSplits") -> str:
+    """The class a (skipped) file sat in, from its folder, or ""."""
+    try:
+        parts = Path(path).relative_to(root).parts
+    except ValueError:
+        return ""
+    if data.layout == "splits":
+        parts = parts[1:]
+    by_lower = {c.lower(): c for c in data.class_names}
+    return by_lower.get(parts[0].lower(), "") if len(parts) > 1 else ""
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -410,7 +463,7 @@ def _load_class_layout(root: Path, val_split: float, test_split: float, seed: in
     rng = np.random.default_rng(seed)
     parts = {"train": ([], []), "validation": ([], []), "test": ([], [])}
     for idx, name in enumerate(class_names):
-        ok, skipped, n = checker.check(classes[name])
+        ok, skipped, n = checker.check(classes[name], name)
         all_skipped += skipped
         notes += n
         ok = [str(p) for p in ok]
@@ -466,7 +519,7 @@ def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str], ch
                 all_skipped.append(Skipped(str(f), f"class '{name}' is not in train/"))
         paths, labels = [], []
         for idx, name in enumerate(class_names):
-            ok, skipped, n = checker.check(classes.get(name, []))
+            ok, skipped, n = checker.check(classes.get(name, []), name)
             all_skipped += skipped
             notes += n
             paths += [str(p) for p in ok]
@@ -523,6 +576,208 @@ def _check_usable(class_names, labels, split, where, skipped) -> None:
     if empty:
         raise DataError(f"data: Expected usable images in every class of {split}. "
                         f"Received: none in {', '.join(empty)}")
+
+
+# -- more sources: several zips, per-class uploads, folders on the server ----------------------
+
+def _zip_layout(root: Path) -> str:
+    """``splits`` (train/ + validation/…), ``classes`` (class folders) or ``images`` (loose images only)."""
+    if "train" in _split_folders(root):
+        return "splits"
+    if any(k.is_dir() for k in _visible_children(root)):
+        return "classes"
+    return "images"
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # same disk: no copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def merge_zips(zips: list[str | Path], dest_root: str | Path, unpack_dir: str | Path | None = None,
+               names: list[str] | None = None) -> Path:
+    """Unpack several zips and merge them into one dataset folder under ``dest_root``; return it.
+
+    Class folders of the same name (any case) become one class; a zip holding only
+    images (``cats.zip``) becomes a class named after the zip. Zips with
+    ``train/`` + ``validation/`` folders merge split by split. A mix of the two
+    layouts is refused, naming each zip's layout. ``names`` are the zips' names as
+    the person knows them (uploads are stored under other names).
+    """
+    import json
+
+    zips = [Path(z) for z in zips]
+    names = list(names) if names else [z.name for z in zips]
+    if len(zips) < 2:
+        raise DataError(f"zips: Expected at least 2 zips to merge. Received: {len(zips)}")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"zips: Expected zips with different names. Received: {', '.join(dup)} more than once")
+    unpacked, layouts = [], {}
+    for z, name in zip(zips, names):
+        if not zipfile.is_zipfile(z):
+            raise DataError(f"{name}: Expected a zip archive. Received: a file that is not a valid zip")
+        try:
+            top = extract_zip(z, unpack_dir)
+        except DataError as e:
+            raise DataError(str(e).replace(z.name, name)) from None
+        root = _unwrap(top)
+        layouts[name] = _zip_layout(root)
+        unpacked.append((name, top, root))
+    kinds = {"splits" if v == "splits" else "classes" for v in layouts.values()}
+    if len(kinds) > 1:
+        desc = {"splits": "train/ + validation/ folders", "classes": "class folders", "images": "images only"}
+        found = "; ".join(f"{n}: {desc[v]}" for n, v in layouts.items())
+        raise DataError("zips: Expected the same layout in every zip (all class folders, or all train/ + "
+                        f"validation/ folders) to merge them. Received: {found}. Upload them one at a time, "
+                        "or repack them the same way")
+    key = hashlib.sha256("|".join(f"{n}={t.name}" for n, t, _ in unpacked).encode()).hexdigest()[:16]
+    dest = Path(dest_root) / key
+    if (dest / ".complete").exists():
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    origins: dict[str, str] = {}
+    skipped_lines: list[str] = []
+    ignored_lines: list[str] = []
+    spelled: dict[str, str] = {}  # class name, lower case -> first spelling seen
+
+    def add_class(split_parts: tuple, cls: str, folder: Path, name: str, rel_label: str) -> None:
+        cls = spelled.setdefault(cls.lower(), cls)
+        stem = Path(name).stem or "zip"
+        target = dest.joinpath(*split_parts, cls, stem)
+        origins[str(target.relative_to(dest))] = f"{name}:{rel_label}" if rel_label else name
+        for f in files_under(folder) if folder.is_dir() else [folder]:
+            _link(f, target / (f.relative_to(folder) if folder.is_dir() else f.name))
+
+    for name, top, root in unpacked:
+        notes, skipped, _ = _unpack_records(top, name)
+        ignored_lines += notes  # "a.zip:red/inner.zip: nested archive, not opened"
+        skipped_lines += [f"{name}:{Path(s.path).relative_to(top).as_posix()}\t{s.reason}" for s in skipped]
+        rel_root = root.relative_to(top).as_posix()
+        prefix = "" if rel_root == "." else rel_root + "/"
+        if layouts[name] == "splits":
+            for split, folder in _split_folders(root).items():
+                for cls_dir in (d for d in _visible_children(folder) if d.is_dir()):
+                    add_class((split,), cls_dir.name, cls_dir, name, f"{prefix}{folder.name}/{cls_dir.name}")
+        elif layouts[name] == "images":
+            images = [k for k in _visible_children(root) if k.is_file()]
+            if images:
+                cls = Path(name).stem
+                spelled.setdefault(cls.lower(), cls)
+                target = dest / spelled[cls.lower()] / (Path(name).stem or "zip")
+                origins[str(target.relative_to(dest))] = f"{name}:{prefix.rstrip('/')}" if prefix else name
+                for f in images:
+                    _link(f, target / f.name)
+        else:
+            for k in _visible_children(root):
+                if k.is_dir():
+                    add_class((), k.name, k, name, f"{prefix}{k.name}")
+                else:
+                    skipped_lines.append(f"{name}:{prefix}{k.name}\tnot inside a class folder")
+    (dest / ".skipped").write_text("".join(line + "\n" for line in skipped_lines), encoding="utf-8")
+    (dest / ".ignored").write_text("".join("\t".join(n.rsplit(": ", 1)) + "\n" for n in ignored_lines),
+                                   encoding="utf-8")
+    (dest / ".origins.json").write_text(json.dumps(origins, ensure_ascii=False), encoding="utf-8")
+    (dest / ".complete").write_text("ok")
+    return dest
+
+
+def clean_class_name(name: str) -> str:
+    """A typed class name made safe as a folder name; :class:`DataError` when nothing usable is left."""
+    cleaned = " ".join(str(name).replace("/", " ").replace("\\", " ").split()).strip(". ")
+    if not cleaned or is_junk(cleaned) or cleaned.lower() in SPLIT_NAMES or len(cleaned.encode()) > 100:
+        raise DataError("class name: Expected a short name such as 'cats' (not empty, not starting with '.', "
+                        f"not train/validation/test). Received: {name!r}")
+    return cleaned
+
+
+def add_class_images(root: str | Path, class_name: str, files: list[tuple[str, bytes]]) -> tuple[int, list[Skipped]]:
+    """Save uploaded images of one class into ``root/<class>/`` (Teachable Machine style).
+
+    Each file is decoded before it is kept; the ones that are not usable images
+    come back as skipped with their reasons. Returns (images kept, skipped).
+    Names that repeat get a number, so nothing is overwritten.
+    """
+    import io
+
+    cls = clean_class_name(class_name)
+    root = Path(root)
+    existing = {d.name.lower(): d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else {}
+    folder = root / existing.get(cls.lower(), cls)
+    folder.mkdir(parents=True, exist_ok=True)
+    kept, skipped = 0, []
+    for name, content in files:
+        base = Path(str(name).replace("\\", "/")).name
+        try:
+            decode_image(io.BytesIO(content), CHECK_SIZE)
+        except ImageDecodeError as e:
+            skipped.append(Skipped(base, e.reason, cls))
+            continue
+        stem, ext = os.path.splitext(base)
+        stem = stem.strip(". ") or "image"
+        target, i = folder / f"{stem}{ext}", 1
+        while target.exists():
+            if target.stat().st_size == len(content) and target.read_bytes() == content:
+                break  # the same file uploaded again
+            i += 1
+            target = folder / f"{stem}_{i}{ext}"
+        if not target.exists():
+            target.write_bytes(content)
+        kept += 1
+    return kept, skipped
+
+
+def class_folder_counts(root: str | Path) -> dict[str, int]:
+    """Files per class folder under ``root`` (what per-class uploads have collected so far)."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    return {d.name: len(files_under(d)) for d in _visible_children(root) if d.is_dir()}
+
+
+def remove_class(root: str | Path, class_name: str) -> None:
+    folder = Path(root) / class_name
+    if folder.parent == Path(root) and folder.is_dir() and not is_junk(class_name):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+FOLDERS_ENV = "TRANSFER_LAB_FOLDERS"
+
+
+def server_folders() -> list[Path] | None:
+    """Where folder paths on the server may be read from: ``None`` when turned off.
+
+    ``TRANSFER_LAB_FOLDERS`` unset: anywhere (local use). ``0``/``off``/``no``/``false``:
+    off (shared deployments). Otherwise: only under these folders (``os.pathsep``-separated).
+    """
+    value = os.environ.get(FOLDERS_ENV)
+    if value is None or not value.strip():
+        return [Path("/")]
+    if value.strip().lower() in {"0", "off", "no", "false", "none"}:
+        return None
+    return [Path(v).expanduser().resolve() for v in value.split(os.pathsep) if v.strip()]
+
+
+def check_server_folder(path: str) -> Path:
+    """The folder ``path`` when reading it is allowed and it exists; else :class:`DataError` saying why."""
+    allowed = server_folders()
+    if allowed is None:
+        raise DataError(f"folder: reading folders on the server is turned off here ({FOLDERS_ENV}=0). "
+                        "Upload a zip instead")
+    text = str(path).strip().strip('"').strip("'")
+    if not text:
+        raise DataError("folder: Expected a folder path such as /home/me/photos. Received: nothing")
+    p = Path(text).expanduser().resolve()
+    if not any(p == a or a in p.parents for a in allowed):
+        raise DataError(f"folder: Expected a folder under {', '.join(map(str, allowed))}. Received: {p}")
+    if not p.is_dir():
+        what = "a file, not a folder" if p.exists() else "does not exist"
+        raise DataError(f"folder: Expected a folder of class folders. Received: {p} ({what})")
+    return p
 
 
 # -- public datasets, downloaded on demand ---------------------------------------------------

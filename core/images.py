@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Phone photos are ~12 MP; anything past this is a decompression bomb, not a photo.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# Phone photos are ~12 MP; anything past this is a decompression bomb, not a photo. Pillow
+# itself only refuses at twice its limit, so decode_image checks the size before decoding.
+MAX_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 # What a file's first bytes say it is, for readable reasons when Pillow refuses it.
 _MAGIC = [
@@ -73,7 +75,7 @@ def _open(source) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageDecodeError(f"not an image: content is {describe_bytes(head)}") from None
     except Image.DecompressionBombError:
-        raise ImageDecodeError("image too large (over 200 megapixels)") from None
+        raise ImageDecodeError(f"image too large (over {MAX_PIXELS / 1e6:.0f} megapixels)") from None
     except OSError as e:
         if "truncated" in str(e).lower():
             raise ImageDecodeError("truncated image (the file ends early)") from None
@@ -87,6 +89,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         if mode.startswith("I;16"):
             arr = arr / 257.0
+        elif mode == "F" and arr.size and 0 <= arr.min() and arr.max() <= 1:
+            arr = arr * 255.0  # floating point images keep 0..1 for black..white
         elif arr.max() > 255 or arr.min() < 0:
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) * (255.0 / (hi - lo or 1.0))
@@ -115,6 +119,10 @@ def decode_image(source, size: int | None = None) -> np.ndarray:
     photos. Raises :class:`ImageDecodeError` with a reason.
     """
     img = _open(source)
+    if img.width * img.height > MAX_PIXELS:
+        w, h = img.size
+        img.close()
+        raise ImageDecodeError(f"image too large ({w}x{h} pixels, over {MAX_PIXELS / 1e6:.0f} megapixels)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -131,7 +139,7 @@ def decode_image(source, size: int | None = None) -> np.ndarray:
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError:
-        raise ImageDecodeError("image too large (over 200 megapixels)") from None
+        raise ImageDecodeError(f"image too large (over {MAX_PIXELS / 1e6:.0f} megapixels)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         msg = str(e)
         if "truncated" in msg.lower():

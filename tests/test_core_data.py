@@ -298,3 +298,248 @@ def test_errors_about_a_zip_name_the_zip_not_the_cache(tmp_path):
     with pytest.raises(DataError, match="in holiday.zip") as e:
         load_dataset(z)
     assert "transfer_lab" not in str(e.value) and "zips" not in str(e.value)
+
+
+# -- more sources: zips unpacked in a chosen folder, several zips, classes uploaded one by one --------
+
+def _png_bytes(colour=(200, 0, 0), size=(24, 24), fmt="PNG") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_a_zip_is_unpacked_where_asked_and_named_as_the_person_knows_it(tmp_path):
+    src = write_colour_images(tmp_path / "src", per_class=3)
+    (src / "red" / "notes.jpg").write_text("not an image")
+    z = tmp_path / "upload.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, f"photos/{p.relative_to(src)}")
+    mine = tmp_path / "workspace" / "unpacked"
+    d = load_dataset(z, unpack_dir=mine)
+    assert all(p.startswith(str(mine)) for p in d.train.paths + d.validation.paths)
+    assert [d.display(s.path) for s in d.skipped] == ["upload.zip:photos/red/notes.jpg"]
+    assert d.skipped[0].label == "red"
+    assert d.skipped_csv().splitlines() == ["file,reason", "upload.zip:photos/red/notes.jpg,not an image: content is text"]
+
+
+def test_skipped_csv_is_what_the_scan_command_writes(tmp_path):
+    from core.cli import main
+
+    root = write_colour_images(tmp_path / "d", per_class=3)
+    (root / "green" / "empty, really.png").write_bytes(b"")
+    report = tmp_path / "r.csv"
+    assert main(["scan", str(root), "--report", str(report)]) == 0
+    d = load_dataset(root)
+    assert report.read_bytes().decode() == d.skipped_csv()
+    assert d.report_rows()[1]["skipped"] == 1 and d.skipped[0].label == "green"
+
+
+def _zip_dir(src: Path, z: Path, prefix: str = "") -> Path:
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, prefix + p.relative_to(src).as_posix())
+    return z
+
+
+def test_several_zips_merge_into_one_dataset(tmp_path):
+    from core.data import merge_zips
+
+    a = _zip_dir(write_colour_images(tmp_path / "a", per_class=3, classes=("red", "blue")), tmp_path / "a.zip", "wrap/")
+    b = _zip_dir(write_colour_images(tmp_path / "b", per_class=2, classes=("Red", "green"), seed=1), tmp_path / "b.zip")
+    with zipfile.ZipFile(b, "a") as zf:
+        zf.writestr("green/bad.png", b"oops")
+        zf.writestr("green/inner.zip", b"PK\x03\x04")
+    merged = merge_zips([a, b], tmp_path / "merged", tmp_path / "unpacked", names=["a.zip", "b.zip"])
+    d = load_dataset(merged, val_split=0.25)
+    assert d.class_names == ["blue", "green", "red"]
+    assert {k: d.train.counts()[k] + d.validation.counts()[k] for k in d.class_names} == {"blue": 3, "green": 2, "red": 5}
+    assert [(d.display(s.path), s.label) for s in d.skipped] == [("b.zip:green/bad.png", "green")]
+    assert any("b.zip:green/inner.zip" in n and "nested archive" in n for n in d.notes)
+    assert merge_zips([a, b], tmp_path / "merged", tmp_path / "unpacked", names=["a.zip", "b.zip"]) == merged
+
+
+def test_zips_of_loose_images_become_classes_named_after_the_zips(tmp_path):
+    from core.data import merge_zips
+
+    zs = []
+    for name, colour in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200))):
+        z = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            for i in range(3):
+                zf.writestr(f"IMG_{i:04d}.JPG", _png_bytes(colour, fmt="JPEG"))
+        zs.append(z)
+    d = load_dataset(merge_zips(zs, tmp_path / "m", tmp_path / "u"))
+    assert d.class_names == ["cats", "dogs"] and len(d.train) + len(d.validation) == 6
+
+
+def test_zips_whose_layouts_clash_are_refused_with_each_layout_named(tmp_path):
+    from core.data import merge_zips
+
+    split = tmp_path / "split"
+    write_colour_images(split / "train", per_class=2, classes=("red", "blue"))
+    write_colour_images(split / "validation", per_class=1, classes=("red", "blue"))
+    a = _zip_dir(split, tmp_path / "split.zip")
+    b = _zip_dir(write_colour_images(tmp_path / "c", per_class=2), tmp_path / "classes.zip")
+    with pytest.raises(DataError, match=r"same layout.*split.zip: train/ \+ validation/ folders; classes.zip: class folders"):
+        merge_zips([a, b], tmp_path / "m", tmp_path / "u")
+    with pytest.raises(DataError, match="at least 2 zips"):
+        merge_zips([a], tmp_path / "m", tmp_path / "u")
+
+
+def test_two_split_zips_merge_split_by_split(tmp_path):
+    from core.data import merge_zips
+
+    zs = []
+    for i, cls in enumerate((("red", "blue"), ("red", "green"))):
+        root = tmp_path / f"s{i}"
+        write_colour_images(root / "Train", per_class=3, classes=cls, seed=i)
+        write_colour_images(root / "val", per_class=1, classes=cls, seed=i + 5)
+        zs.append(_zip_dir(root, tmp_path / f"s{i}.zip"))
+    d = load_dataset(merge_zips(zs, tmp_path / "m", tmp_path / "u"))
+    assert d.layout == "splits" and d.train.counts() == {"blue": 3, "green": 3, "red": 6}
+    assert d.validation.counts() == {"blue": 1, "green": 1, "red": 2}
+
+
+def test_classes_uploaded_one_by_one_build_a_dataset(tmp_path):
+    from core.data import add_class_images, class_folder_counts, remove_class
+
+    root = tmp_path / "classes"
+    kept, bad = add_class_images(root, "  Grüne Äpfel ", [("IMG 1.jpg", _png_bytes((0, 200, 0), fmt="JPEG")),
+                                                       ("IMG 1.jpg", _png_bytes((0, 190, 0), fmt="JPEG")),
+                                                       ("notes.jpg", b"shopping list")])
+    assert kept == 2 and [(s.path, s.label) for s in bad] == [("notes.jpg", "Grüne Äpfel")]
+    assert "text" in bad[0].reason
+    add_class_images(root, "grüne äpfel", [("IMG 1.jpg", _png_bytes((0, 200, 0), fmt="JPEG"))])  # same file again
+    add_class_images(root, "red/../x", [(f"../r{i}.png", _png_bytes()) for i in range(3)])
+    assert class_folder_counts(root) == {"Grüne Äpfel": 2, "red .. x": 3}
+    d = load_dataset(root)
+    assert d.class_names == ["Grüne Äpfel", "red .. x"]
+    remove_class(root, "red .. x")
+    assert class_folder_counts(root) == {"Grüne Äpfel": 2}
+
+
+@pytest.mark.parametrize("name", ["", "   ", "..", "train", "__MACOSX", "Thumbs.db", "x" * 200])
+def test_unusable_class_names_are_refused(tmp_path, name):
+    from core.data import add_class_images
+
+    with pytest.raises(DataError, match="class name: Expected"):
+        add_class_images(tmp_path, name, [("a.png", _png_bytes())])
+
+
+def test_folders_on_the_server_can_be_limited_or_turned_off(tmp_path, monkeypatch):
+    from core.data import FOLDERS_ENV, check_server_folder
+
+    root = write_colour_images(tmp_path / "photos", per_class=2)
+    monkeypatch.delenv(FOLDERS_ENV, raising=False)
+    assert check_server_folder(f" {root} ") == root
+    with pytest.raises(DataError, match="does not exist"):
+        check_server_folder(str(tmp_path / "nope"))
+    monkeypatch.setenv(FOLDERS_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(DataError, match="Expected a folder under"):
+        check_server_folder(str(root))
+    monkeypatch.setenv(FOLDERS_ENV, "0")
+    with pytest.raises(DataError, match="turned off"):
+        check_server_folder(str(root))
+
+
+# -- names and archives people really make ----------------------------------------------------------
+
+def test_duplicate_names_in_subfolders_unicode_spaces_and_upper_case_extensions(tmp_path):
+    root = tmp_path / "d"
+    for cls, colour in (("Café au lait ☕", (150, 100, 60)), ("naïve blue", (0, 0, 200))):
+        for sub in ("2023 trip", "2024 trip"):
+            (root / cls / sub).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (30, 20), colour).save(root / cls / sub / f"IMG_000{i}.JPEG", "JPEG")
+    d = load_dataset(root)
+    assert d.class_names == ["Café au lait ☕", "naïve blue"]
+    assert {k: d.train.counts()[k] + d.validation.counts()[k] for k in d.class_names} == {
+        "Café au lait ☕": 4, "naïve blue": 4}
+    assert d.report_rows()[0]["formats"] == "JPEG 4" and d.notes == []
+
+
+def _clear_utf8_flag(z: Path) -> None:
+    """Make a zip as old Windows/macOS tools do: UTF-8 names without the UTF-8 flag."""
+    raw = bytearray(z.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 7), (b"PK\x01\x02", 9)):
+        i = raw.find(sig)
+        while i >= 0:
+            raw[i + off] &= ~0x08 & 0xFF  # bit 11 of the flags is bit 3 of their second byte
+            i = raw.find(sig, i + 4)
+    z.write_bytes(bytes(raw))
+
+
+def test_unicode_names_in_a_zip_without_the_utf8_flag(tmp_path):
+    z = tmp_path / "fotos.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for cls in ("Ärger", "çà"):
+            for i in range(3):
+                zf.writestr(f"{cls}/bild {i} ü.png", _png_bytes((i * 60, 0, 0)))
+    _clear_utf8_flag(z)
+    with zipfile.ZipFile(z) as zf:
+        assert all(i.flag_bits & 0x800 == 0 for i in zf.infolist())
+    assert load_dataset(z).class_names == ["Ärger", "çà"]
+
+
+def test_appledouble_and_junk_only_in_a_class_never_count(tmp_path):
+    z = tmp_path / "mac.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for cls in ("a", "b"):
+            for i in range(3):
+                zf.writestr(f"{cls}/{i}.png", _png_bytes((i * 60, 90, 0)))
+                zf.writestr(f"{cls}/._{i}.png", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+        zf.writestr("__MACOSX/._a", b"\x00\x05\x16\x07")
+        zf.writestr(".ipynb_checkpoints/x-checkpoint.png", _png_bytes())
+        zf.writestr("Thumbs.db", b"\xd0\xcf")
+    d = load_dataset(z)
+    assert d.class_names == ["a", "b"] and d.skipped == [] and len(d.train) + len(d.validation) == 6
+
+
+# -- property: no archive member name writes outside the unpack folder or crashes -----------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PART = st.one_of(
+    st.sampled_from(["..", ".", "", "...", "a", "b c", "ü", "\\", "..\\..", "C:", "~", "$HOME", "__MACOSX",
+                     "._x.png", ".DS_Store", "x.zip", "con", "a" * 256]),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=12),
+)
+_NAME = st.builds(lambda lead, parts, ext: lead + "/".join(parts) + ext,
+                  st.sampled_from(["", "/", "//", "./", "../", "\\"]), st.lists(_PART, min_size=1, max_size=5),
+                  st.sampled_from(["", ".png", ".JPG", "/"]))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(_NAME, min_size=1, max_size=6, unique=True))
+def test_any_member_names_stay_inside_the_unpack_folder(names):
+    import tempfile
+
+    from core.data import extract_zip
+
+    png = _png_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        z = tmp / "in.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            for i, name in enumerate(names):
+                zf.writestr(zipfile.ZipInfo(name), png if i % 2 else b"data")
+        out = tmp / "box" / "unpacked"
+        try:
+            dest = extract_zip(z, out)
+        except DataError:
+            return
+        assert sorted(p.name for p in tmp.iterdir()) == ["box", "in.zip"]
+        assert [p.name for p in (tmp / "box").iterdir()] == ["unpacked"]
+        assert [p.name for p in out.iterdir()] == [dest.name]
+        for p in dest.rglob("*"):
+            assert not p.is_symlink() and dest.resolve() in p.resolve().parents
+        try:  # and the dataset either loads or says why
+            load_dataset(z, unpack_dir=out)
+        except DataError:
+            pass

@@ -87,3 +87,48 @@ def test_truncated_jpeg_fails_up_front(tmp_path):
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageDecodeError, match="truncated"):
         decode_image(p, size=32)
+
+
+def test_palette_with_transparency_is_shown_over_white():
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    img.putpixel((0, 0), 1)
+    out = decode_image(_save(img, "PNG", transparency=0))  # palette entry 0 (red) is see-through
+    assert tuple(out[0, 0]) == (0, 0, 255)
+    assert tuple(out[3, 3]) == (255, 255, 255)
+
+
+def test_cmyk_jpeg_keeps_its_colours():
+    img = Image.new("RGB", (16, 16), (220, 30, 30)).convert("CMYK")
+    out = decode_image(_save(img, "JPEG", quality=95))
+    r, g, b = (int(v) for v in out[8, 8])
+    assert r > 180 and g < 80 and b < 80
+
+
+@pytest.mark.parametrize("arr,first,last", [
+    (np.full((4, 4), 65535, np.uint16), 255, 255),  # 16-bit grayscale TIFF (scanners, microscopes)
+    (np.arange(16, dtype=np.int32).reshape(4, 4) * 100, 0, 255),  # 32-bit integers: stretched to their range
+    (np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4), 0, 255),  # floating point 0..1: black..white
+])
+def test_high_bit_depth_tiffs_become_8bit_rgb(arr, first, last):
+    out = decode_image(_save(Image.fromarray(arr), "TIFF"))
+    assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+    assert (int(out[0, 0, 0]), int(out[-1, -1, 0])) == (first, last)
+
+
+def test_pixel_bombs_are_refused_before_decoding(monkeypatch):
+    import core.images as images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    png = _save(Image.new("RGB", (40, 30)), "PNG")  # 1,200 pixels: over this test's cap
+    with pytest.raises(ImageDecodeError, match=r"too large \(40x30 pixels"):
+        decode_image(png)
+    assert decode_image(_save(Image.new("RGB", (30, 30)), "PNG")).shape == (30, 30, 3)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_a_lying_extension_decodes_by_content(tmp_path, fmt):
+    p = tmp_path / "photo.jpg" if fmt != "JPEG" else tmp_path / "photo.png"
+    p.write_bytes(_save(Image.new("RGB", (10, 8), (0, 200, 0)), fmt))
+    out = decode_image(p)
+    assert out.shape == (8, 10, 3) and int(out[4, 4, 1]) > 150

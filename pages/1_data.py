@@ -1,39 +1,72 @@
-"""Data: choose the images to learn from (the sample, or a zip of class folders)."""
+"""Data: choose the images to learn from (the sample, zips, classes uploaded one by one, a course
+dataset, or a folder on the server), then read the report: counts, sizes, thumbnails, skipped files."""
 from dataclasses import replace
 
 import streamlit as st
 
 from core import charts, samples
-from core.data import SAMPLE_IMAGE_SIZE, DataError, load_dataset, make_sample_dataset
+from core.data import (FOLDERS_ENV, PUBLIC_DATASETS, SAMPLE_IMAGE_SIZE, DataError, add_class_images,
+                       check_server_folder, class_folder_counts, download_dataset, load_dataset,
+                       make_sample_dataset, merge_zips, remove_class, server_folders)
+from core.images import ImageDecodeError, decode_image
+from core.workspace import Workspace
 
 st.title("Data")
 st.write("Pick the images your model will learn to tell apart: one click for the built-in sample, "
-         "or upload a zip with one folder per class (or `train/` + `validation/` folders).")
+         "or bring your own: zips of class folders (or `train/` + `validation/`), images uploaded class "
+         "by class, a course dataset, or a folder on this computer.")
+
+if st.session_state.pop("data_deleted", False):
+    st.success("Deleted: your uploads, unpacked data and runs are gone. You have a fresh, empty workspace.")
 
 cfg = st.session_state.config
+if "workspace" not in st.session_state:
+    st.session_state.workspace = Workspace.open(st.query_params.get("ws"))
+ws = st.session_state.workspace
+MAX_MB = int(st.get_option("server.maxUploadSize"))
+LIMIT = f"Up to {MAX_MB} MB per file (`server.maxUploadSize` in `.streamlit/config.toml`)."
+DATA_KEYS = ("data", "data_source", "data_path", "data_key", "data_error", "data_upload_id", "run", "compare")
 
 
 def load(path: str, name: str) -> None:
-    """Load (or reload) a dataset; on failure keep no data and say why."""
-    with st.spinner(f"Checking every image in {name}…"):
-        try:
-            data = load_dataset(path, cfg.val_split, cfg.seed)
-        except DataError as e:
-            st.session_state.pop("data", None)
-            st.session_state.data_error = f"{name}: {e}"
-            return
+    """Load (or reload) a dataset with a progress bar; on failure keep no data and say why."""
+    bar = st.progress(0.0, text=f"Checking every image in {name}…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Checking {name}: {done:,} of {total:,} images")
+
+    try:
+        data = load_dataset(path, cfg.val_split, cfg.seed, test_split=cfg.test_split, progress=progress,
+                            unpack_dir=ws.folder("unpacked"))
+    except DataError as e:
+        st.session_state.pop("data", None)
+        st.session_state.data_error = f"{name}: {e}"
+        return
+    finally:
+        bar.empty()
     st.session_state.data = data
     st.session_state.data_source = name
     st.session_state.data_path = path
-    st.session_state.data_key = (path, cfg.val_split, cfg.seed)
+    st.session_state.data_key = (path, cfg.val_split, cfg.test_split, cfg.seed)
     st.session_state.pop("data_error", None)
     for key in ("run", "compare"):  # runs on other data no longer describe this experiment
         st.session_state.pop(key, None)
 
 
-left, right = st.columns(2)
-with left:
-    st.subheader("Built-in sample")
+def fail(message: str) -> None:
+    st.session_state.pop("data", None)
+    st.session_state.data_error = message
+
+
+def too_big(files) -> list[str]:
+    return [f"{f.name}: Expected at most {MAX_MB} MB. Received: {f.size / 2**20:,.1f} MB"
+            for f in files if f.size > MAX_MB * 2**20]
+
+
+sample_tab, zip_tab, class_tab, course_tab, folder_tab = st.tabs(
+    ["Built-in sample", "Zip upload", "Class by class", "Course datasets", "Folder on this computer"])
+
+with sample_tab:
     st.caption(f"Three classes of coloured shapes (circle, square, triangle), 40 images each, made on this "
                f"machine: no download. Its images are {SAMPLE_IMAGE_SIZE} px, so the image size is set to that.")
     if st.button("Use the sample dataset", type="primary", key="use_sample"):
@@ -41,22 +74,112 @@ with left:
         # Training at the sample's own size is ~5x faster than at the base's 224 px.
         st.session_state.config = cfg = replace(cfg, image_size=SAMPLE_IMAGE_SIZE)
         st.session_state.pop("w_size", None)
-with right:
-    st.subheader("Your images")
-    upload = st.file_uploader("Zip of class folders, or of train/ + validation/ folders", type=["zip"],
-                              key="data_zip")
-    if upload is not None and st.session_state.get("data_upload_id") != upload.file_id:
-        st.session_state.data_upload_id = upload.file_id
-        path = samples.save_upload(upload.name, upload.getvalue(), "data", st.session_state.get("workspace"))
-        load(str(path), upload.name)
 
-pct = st.select_slider("Validation share (used when the data has no validation/ folder)", list(range(5, 55, 5)),
-                       value=int(round(cfg.val_split * 100)) // 5 * 5 or 5, key="w_val_split",
-                       format_func=lambda v: f"{v}%")
-if pct / 100 != cfg.val_split:
-    cfg = replace(cfg, val_split=pct / 100)
+deletions = st.session_state.get("data_deletions", 0)  # new widget keys after "Delete my data": empty uploaders
+with zip_tab:
+    uploads = st.file_uploader("Zips of class folders, or of train/ + validation/ folders (several zips are "
+                               "merged into one dataset)", type=["zip"], accept_multiple_files=True,
+                               key=f"data_zip_{deletions}" if deletions else "data_zip", help=LIMIT)
+    st.caption(LIMIT + " Zips are unpacked in your own workspace, which no other visitor can see.")
+    upload_id = tuple(u.file_id for u in uploads or [])
+    if upload_id and st.session_state.get("data_upload_id") != upload_id:
+        st.session_state.data_upload_id = upload_id
+        if problems := too_big(uploads):
+            fail("; ".join(problems))
+        else:
+            paths = [str(samples.save_upload(u.name, u.getvalue(), "data", ws)) for u in uploads]
+            names = [u.name for u in uploads]
+            if len(paths) == 1:
+                load(paths[0], names[0])
+            else:
+                try:
+                    with st.spinner(f"Unpacking and merging {len(paths)} zips…"):
+                        merged = merge_zips(paths, ws.folder("merged"), ws.folder("unpacked"), names)
+                except DataError as e:
+                    fail(str(e))
+                else:
+                    load(str(merged), " + ".join(names))
+
+with class_tab:
+    st.caption("Teachable Machine style: type a class name, add its images, repeat for each class "
+               "(at least two), then use them. " + LIMIT)
+    class_root = ws.folder("classes")
+    counter = st.session_state.setdefault("cls_upload_round", 0) + 1000 * deletions
+    name_col, files_col = st.columns([1, 2])
+    cls_name = name_col.text_input("Class name", key="cls_name", placeholder="e.g. cats")
+    cls_files = files_col.file_uploader("Images of this class", accept_multiple_files=True,
+                                        key=f"cls_files_{counter}", help=LIMIT)
+    if st.button("Add these images to the class", key="cls_add", disabled=not cls_files):
+        try:
+            if problems := too_big(cls_files):
+                raise DataError("; ".join(problems))
+            kept, refused = add_class_images(class_root, cls_name, [(f.name, f.getvalue()) for f in cls_files])
+        except DataError as e:
+            st.session_state.cls_message = ("error", str(e))
+        else:
+            st.session_state.cls_upload_round += 1  # a fresh, empty uploader
+            text = f"Added {kept} image(s) to {cls_name.strip()}."
+            if refused:
+                text += " Not images, left out: " + "; ".join(f"{s.path} ({s.reason})" for s in refused)
+            st.session_state.cls_message = ("warning" if refused else "success", text)
+            st.rerun()
+    if msg := st.session_state.get("cls_message"):
+        getattr(st, msg[0])(msg[1])
+    counts = class_folder_counts(class_root)
+    if counts:
+        for name, n in counts.items():
+            c1, c2 = st.columns([4, 1])
+            c1.markdown(f"**{name}**: {n} image(s)")
+            if c2.button("Remove", key=f"cls_remove_{name}", icon=":material/delete:"):
+                remove_class(class_root, name)
+                st.session_state.pop("cls_message", None)
+                st.rerun()
+    if st.button("Use these classes", key="cls_use", type="primary", disabled=len(counts) < 2,
+                 help="Needs at least two classes"):
+        load(str(class_root), "your classes")
+
+with course_tab:
+    st.caption("The course's public datasets, downloaded once (internet needed) and kept on this server.")
+    choice = st.selectbox("Dataset", list(PUBLIC_DATASETS), format_func=lambda k: PUBLIC_DATASETS[k][0],
+                          key="public_name")
+    if st.button("Download and use", key="use_public"):
+        try:
+            with st.spinner(f"Downloading {PUBLIC_DATASETS[choice][0]}…"):
+                folder = download_dataset(choice)
+        except DataError as e:
+            fail(str(e))
+        else:
+            load(str(folder), choice)
+
+with folder_tab:
+    allowed = server_folders()
+    if allowed is None:
+        st.info(f"Reading folders on the server is turned off here ({FOLDERS_ENV}=0). Upload a zip instead.")
+    else:
+        st.caption("For local use: a folder on the machine running Transfer Lab, holding one folder per class "
+                   f"(or train/ + validation/). Turn this off on a shared server with {FOLDERS_ENV}=0.")
+        folder = st.text_input("Folder path", key="server_folder", placeholder="/home/me/photos")
+        if st.button("Use this folder", key="use_folder", disabled=not folder.strip()):
+            try:
+                path = check_server_folder(folder)
+            except DataError as e:
+                fail(str(e))
+            else:
+                load(str(path), path.name or str(path))
+
+# -- split settings --------------------------------------------------------------------------------
+data = st.session_state.get("data")
+own_splits = data is not None and data.layout == "splits"
+val_col, test_col = st.columns(2)
+pct = val_col.select_slider("Validation share (used when the data has no validation/ folder)",
+                            list(range(5, 55, 5)), value=int(round(cfg.val_split * 100)) // 5 * 5 or 5,
+                            key="w_val_split", format_func=lambda v: f"{v}%", disabled=own_splits)
+test_pct = test_col.select_slider("Held-out test share (never seen in training; a final, honest score)",
+                                  list(range(0, 35, 5)), value=int(round(cfg.test_split * 100)) // 5 * 5,
+                                  key="w_test_split", format_func=lambda v: f"{v}%", disabled=own_splits)
+if pct / 100 != cfg.val_split or test_pct / 100 != cfg.test_split:
+    cfg = replace(cfg, val_split=pct / 100, test_split=test_pct / 100)
     st.session_state.config = cfg
-    data = st.session_state.get("data")
     if data is not None and data.layout == "classes":
         load(st.session_state.data_path, st.session_state.data_source)
 
@@ -75,32 +198,80 @@ else:
     cols[3].metric("Test images", len(data.test) if data.test is not None else 0)
     cols[4].metric("Skipped files", len(data.skipped))
     if data.layout == "classes":
+        test_text = f" and {cfg.test_split:.0%} kept aside as a test split" if data.test is not None else ""
         st.info(f"Your data has no validation/ folder, so {cfg.val_split:.0%} of each class is held out for "
-                f"validation (seed {cfg.seed}). Every run and comparison uses this same split.")
+                f"validation{test_text} (seed {cfg.seed}). Every run and comparison uses this same split.")
     else:
-        st.info("Using your own train/ and validation/ folders as they are.")
+        has_test = " and test/" if data.test is not None else ""
+        st.info(f"Using your own train/ and validation/{has_test} folders as they are.")
+    for w in data.warnings:
+        st.warning(w.replace(" (--class-weights)", " (switch on Class weights below)"), icon=":material/balance:")
 
-    table_col, chart_col = st.columns([2, 3])
+    weights_on = st.toggle("Class weights: count each class's mistakes by how rare the class is (for "
+                           "imbalanced data)", value=cfg.class_weights, key="w_class_weights")
+    if weights_on != cfg.class_weights:
+        st.session_state.config = cfg = replace(cfg, class_weights=weights_on)
+    if cfg.class_weights:
+        st.caption("Weights used in training: " + ", ".join(
+            f"{name} {w:.2f}" for name, w in zip(data.class_names, data.class_weights().values())))
+
+    table_col, chart_col = st.columns([3, 2])
     with table_col:
         st.markdown("**Images per class**")
-        st.dataframe(samples.counts_table(data), hide_index=True, width="stretch")
+        st.dataframe(samples.report_frame(data), hide_index=True, width="stretch",
+                     column_config={"median_size": "median size"})
     with chart_col:
         st.plotly_chart(charts.class_balance_figure(samples.counts_frame(data)), width="stretch")
 
-    st.markdown("**A few training images per class**")
+    st.markdown("**Training images per class** (click 🔍 to enlarge)")
+
+    @st.dialog("Image", width="large")
+    def enlarge(path: str) -> None:
+        try:
+            st.image(samples.preview_image(path))
+        except ImageDecodeError as e:
+            st.error(f"{data.display(path)}: {e.reason}")
+            return
+        fmt, w, h = data.file_info.get(path, (None, 0, 0))
+        st.caption(f"{data.display(path)} · {fmt or '?'} · {w}×{h} px")
 
     @st.cache_data(max_entries=8, show_spinner=False)
-    def _thumbs(fingerprint: str, _data):
-        return samples.thumbnails(_data, per_class=8, size=96)
+    def _thumbs(fingerprint: str, _data) -> dict:
+        picked = samples.thumbnail_paths(_data, per_class=8)
+        return {name: [(p, decode_image(p, 96)) for p in paths] for name, paths in picked.items()}
 
-    for name, imgs in _thumbs(data.fingerprint(), data).items():
+    for ci, (name, items) in enumerate(_thumbs(data.fingerprint(), data).items()):
         st.caption(f"{name} ({data.train.counts()[name]} train)")
-        if imgs:
-            st.image(imgs, width=80)
+        grid = st.columns(8)
+        for i, (path, img) in enumerate(items):
+            with grid[i]:
+                st.image(img, width=80)
+                if st.button("🔍", key=f"thumb_{ci}_{i}", help=data.display(path)):
+                    enlarge(path)
 
     if data.skipped:
         st.warning(f"{len(data.skipped)} file(s) were skipped and will not be used. Reasons below.")
+        st.download_button("Download the skipped files as CSV", data.skipped_csv(), file_name="skipped.csv",
+                           mime="text/csv", key="skipped_csv", icon=":material/download:")
         st.dataframe(samples.skipped_frame(data), hide_index=True, width="stretch")
     for note in data.notes:
         st.caption(note)
     st.page_link("pages/2_base.py", label="Next: choose a pretrained base →", icon=":material/layers:")
+
+# -- privacy -------------------------------------------------------------------------------------------
+with st.expander("Your data on this server"):
+    size = ws.size_bytes()
+    st.write(f"Your uploads, unpacked zips and runs are kept in a workspace of your own ({size / 2**20:,.1f} MB "
+             "now). Only this page's address (`?ws=…`) reaches it; other visitors never see it.")
+    if st.button("Delete my data", key="delete_data", icon=":material/delete_forever:"):
+        for handle in (st.session_state.get("run"), st.session_state.get("compare")):
+            if handle is not None and hasattr(handle, "request_stop"):
+                handle.request_stop()  # a run still writing into the workspace stops at its next batch
+        ws.delete()
+        for key in DATA_KEYS + ("cls_message",):
+            st.session_state.pop(key, None)
+        st.session_state.workspace = Workspace.open(None)
+        st.query_params["ws"] = st.session_state.workspace.id
+        st.session_state.data_deleted = True
+        st.session_state.data_deletions = deletions + 1
+        st.rerun()

@@ -241,15 +241,22 @@ def _member_parts(info: zipfile.ZipInfo) -> list[str]:
 
 
 def _note(tmp: Path, kind: str, member: str, reason: str) -> None:
-    with open(tmp / f".{kind}", "a", encoding="utf-8") as f:
+    member = "".join(c if c.isprintable() else "?" for c in member)  # one line per member, whatever its name
+    with open(tmp / f".{kind}", "a", encoding="utf-8", errors="replace") as f:
         f.write(f"{member}\t{reason}\n")
 
 
 def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, tmp: Path, zip_path: Path, written: int) -> int:
     """Extract one member safely; return the bytes written. Problems become notes, not crashes."""
     parts = _member_parts(info)
-    if not parts or ".." in parts or any(is_junk(p) for p in parts):
-        return 0  # junk, or a path that would escape the folder
+    raw = info.filename.replace("\\", "/")
+    if ".." in parts or raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
+        # A path that would land outside the folder (../, /etc/…, C:\…): never unpacked, and not
+        # moved inside either, where it would make a class of its own.
+        _note(tmp, "ignored", raw, "path outside the zip's folder, not unpacked")
+        return 0
+    if not parts or any(is_junk(p) for p in parts):
+        return 0  # OS junk
     member = "/".join(parts)
     is_dir = info.is_dir() or info.filename.endswith("\\")  # Windows tools write folders as "name\\"
     if any(len(p.encode()) > 255 for p in parts):
@@ -302,6 +309,7 @@ class _Checker:
     def __init__(self, progress=None):
         self.progress = progress
         self.info: dict[str, tuple[str, int, int]] = {}
+        self.misnamed: list[tuple[str, str]] = []  # (path, real format) of files whose extension lies
         self.done = 0
         self.total = 0
 
@@ -330,7 +338,7 @@ class _Checker:
             fmt = info[0]
             expected = EXPECTED_EXTS.get(fmt or "", set())
             if expected and p.suffix.lower() not in expected:
-                notes.append(f"{p}: content is {fmt} although named {p.suffix or '(no extension)'}; used as {fmt}")
+                self.misnamed.append((str(p), fmt))  # becomes a note once the file can be named as the person knows it
         return ok, skipped, notes
 
 
@@ -390,6 +398,9 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
     out.skipped = zip_skipped + out.skipped
     out.source = str(src)
     out.origins = origins
+    for p, fmt in checker.misnamed:
+        suffix = Path(p).suffix or "(no extension)"
+        out.notes.append(f"{out.display(p)}: content is {fmt} although named {suffix}; used as {fmt}")
     out.file_info = checker.info
     out.warnings = _balance_warnings(out)
     return out

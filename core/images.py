@@ -39,9 +39,21 @@ class ImageDecodeError(Exception):
         super().__init__(reason)
 
 
+# Image formats Pillow knows but could not open: the file is damaged, or a format it cannot read.
+_IMAGE_MAGIC = [
+    (b"\xff\xd8\xff", "a JPEG that is damaged or cut off"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG that is damaged or cut off"),
+    (b"GIF8", "a GIF that is damaged or cut off"),
+]
+
+
 def describe_bytes(head: bytes) -> str:
     """A guess, from the first bytes, at what a non-image file is."""
-    for magic, what in _MAGIC:
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1", b"ftypheim", b"ftypheis"):
+        return "a HEIC/HEIF photo (iPhone), which Pillow cannot read; export it as JPEG"
+    if head[4:12] == b"ftypavif":
+        return "an AVIF image, which this Pillow cannot read; export it as JPEG or PNG"
+    for magic, what in _IMAGE_MAGIC + _MAGIC:
         if head.startswith(magic):
             return what
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:64]):
@@ -73,7 +85,9 @@ def _open(source) -> Image.Image:
             warnings.simplefilter("ignore")  # DecompressionBombWarning: our limit is MAX_IMAGE_PIXELS
             return Image.open(source)
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"not an image: content is {describe_bytes(head)}") from None
+        what = describe_bytes(head)
+        kind = "cannot read image" if what.startswith(("a JPEG", "a PNG", "a GIF", "a HEIC", "an AVIF")) else "not an image"
+        raise ImageDecodeError(f"{kind}: content is {what}") from None
     except Image.DecompressionBombError:
         raise ImageDecodeError(f"image too large (over {MAX_PIXELS / 1e6:.0f} megapixels)") from None
     except OSError as e:

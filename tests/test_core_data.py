@@ -175,10 +175,16 @@ def test_hostile_zips_nested_archives_and_bombs(tmp_path, monkeypatch):
             zf.write(p, str(p.relative_to(src)))
         zf.writestr("red/inner.zip", b"PK\x03\x04")
         zf.writestr("/red/absolute entry.png", (src / "red" / "red_00.png").read_bytes())
+        zf.writestr("../../escape.png", (src / "red" / "red_00.png").read_bytes())
+        zf.writestr("C:\\Windows\\evil.png", b"x")
     d = load_dataset(z)
     assert any("inner.zip" in n and "nested archive" in n for n in d.notes)
-    assert d.train.counts()["red"] + d.validation.counts()["red"] == 4  # stayed inside the workspace
-    assert not Path("/red").exists()
+    outside = sorted(n for n in d.notes if "path outside the zip's folder, not unpacked" in n)
+    assert [n.split(": path")[0] for n in outside] == ["a.zip:../../escape.png", "a.zip:/red/absolute entry.png",
+                                                      "a.zip:C:/Windows/evil.png"]
+    assert d.class_names == ["blue", "green", "red"]  # no class "C:", nothing counted twice
+    assert d.train.counts()["red"] + d.validation.counts()["red"] == 3
+    assert not Path("/red").exists() and not (tmp_path.parent / "escape.png").exists()
     monkeypatch.setattr(data_mod, "MAX_ZIP_BYTES", 1000)
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:

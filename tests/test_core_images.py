@@ -132,3 +132,15 @@ def test_a_lying_extension_decodes_by_content(tmp_path, fmt):
     p.write_bytes(_save(Image.new("RGB", (10, 8), (0, 200, 0)), fmt))
     out = decode_image(p)
     assert out.shape == (8, 10, 3) and int(out[4, 4, 1]) > 150
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"\xff\xd8\xff" + b"\x00" * 60, "cannot read image: content is a JPEG that is damaged or cut off"),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 40, "HEIC/HEIF photo (iPhone)"),
+])
+def test_damaged_jpegs_and_heic_photos_get_their_own_reasons(tmp_path, content, reason):
+    p = tmp_path / "IMG_0001.JPG"
+    p.write_bytes(content)
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(p)
+    assert reason in e.value.reason

@@ -33,6 +33,25 @@ class BaseSpec:
     def builder_kwargs(self, alpha: float) -> dict:
         return {"alpha": float(alpha)} if self.alphas else {}
 
+    @property
+    def preprocess_text(self) -> str:
+        return PREPROCESS_TEXT[self.preprocess]
+
+    def sizes_text(self) -> str:
+        """Allowed input sizes in words: any square size from ``min_size`` up, and which have ImageNet weights."""
+        text = f"any size from {self.min_size} px (trained at {self.default_size} px)"
+        if self.imagenet_sizes:
+            text += f"; ImageNet weights exist for {', '.join(str(s) for s in self.imagenet_sizes)} px"
+        return text
+
+
+PREPROCESS_TEXT = {
+    "tf": "x / 127.5 - 1 (to [-1, 1])",
+    "caffe": "RGB to BGR, minus the ImageNet mean (caffe)",
+    "torch": "x / 255, minus the ImageNet mean, divided by its std (torch)",
+    "none": "inside the base (its own Rescaling/Normalization layers)",
+}
+
 
 _SPECS = [
     BaseSpec("mobilenet", "MobileNet", "MobileNet", 224, 32, "tf",
@@ -132,10 +151,10 @@ def build_base(name: str, image_size: int | None = None, alpha: float = 1.0, wei
     builder = getattr(keras.applications, spec.builder)
     kwargs = dict(include_top=False, input_shape=(size, size, 3), **spec.builder_kwargs(alpha))
     if weights == "none":
-        return builder(weights=None, **kwargs)
+        return stable_names(builder(weights=None, **kwargs))
     if weights == "imagenet":
         try:
-            return builder(weights="imagenet", **kwargs)
+            return stable_names(builder(weights="imagenet", **kwargs))
         except Exception as e:  # Keras raises a bare Exception on a failed download
             if "fetch failure" in str(e) or isinstance(e, OSError):
                 raise WeightsError(
@@ -144,7 +163,54 @@ def build_base(name: str, image_size: int | None = None, alpha: float = 1.0, wei
                     "or --weights none to train from scratch"
                 ) from None
             raise WeightsError(f"ImageNet weights for {spec.label}: {_first_line(e)}") from None
-    return _build_with_file(spec, builder, kwargs, Path(weights), alpha, size)
+    return stable_names(_build_with_file(spec, builder, kwargs, Path(weights), alpha, size))
+
+
+def stable_names(base):
+    """Give layers that Keras named automatically (``activation_111``) the names a fresh
+    process would give them (``activation_3``), counted within this base.
+
+    Keras numbers unnamed layers with a process-wide counter, so without this the same
+    MobileNetV3 layer has another name in every base built, and a lock or cut chosen in
+    the layer table would not be found in the base a run builds.
+    """
+    from keras.src.utils.naming import to_snake_case
+
+    layers = base.layers
+    taken = {layer.name for layer in layers}
+    seen: dict[str, int] = {}
+    for layer in layers:
+        prefix = to_snake_case(type(layer).__name__)
+        if not re.fullmatch(rf"{re.escape(prefix)}(_\d+)?", layer.name):
+            continue
+        k = seen.get(prefix, 0)
+        seen[prefix] = k + 1
+        new = prefix if k == 0 else f"{prefix}_{k}"
+        if new != layer.name and new not in taken:
+            taken.discard(layer.name)
+            taken.add(new)
+            layer.name = new
+    return base
+
+
+def copy_base(base):
+    """An independent copy of a built base: same layers, names, weights and flags.
+
+    A pretrained base may be cached and shared (reruns, sessions); a run locks,
+    cuts and trains its own copy so the cached one never changes.
+    """
+    import keras
+
+    copy = keras.models.clone_model(base)
+    copy.set_weights(base.get_weights())
+    for src, dst in zip(base.layers, copy.layers):
+        dst.trainable = src.trainable
+        if type(dst).__name__ == "Normalization" and getattr(dst, "adapt_mean", None) is not None:
+            dst.finalize_state()  # computes from its (now copied) mean and variance
+    copy.trainable = base.trainable
+    if base.layers and copy.layers and type(copy.layers[0]).__name__ == "InputLayer":
+        copy.layers[0].name = base.layers[0].name  # clone_model names it after its tensor
+    return copy
 
 
 def _build_with_file(spec: BaseSpec, builder, kwargs, path: Path, alpha: float, size: int):
@@ -172,6 +238,13 @@ def _build_with_file(spec: BaseSpec, builder, kwargs, path: Path, alpha: float, 
             f"Received: {path.name}, an HDF5 file with no Keras weights layout ({found.get('format')})"
         )
     base = builder(weights=None, **kwargs)
+    extra = _extra_keras3_entries(path, base) if found["format"] == "keras3 weights.h5" else []
+    if extra:
+        raise WeightsError(
+            f"weights: Expected a no-top weights file for {what} (names end in _notop.h5 / no_top). "
+            f"Received: {path.name}, which holds layers the no-top base lacks ({', '.join(extra[:4])}): "
+            "it seems to include the classification top"
+        )
     try:
         _load_weights(base, path, legacy=found["format"] == "legacy h5")
         if spec.builder.startswith("EfficientNet"):
@@ -180,13 +253,84 @@ def _build_with_file(spec: BaseSpec, builder, kwargs, path: Path, alpha: float, 
         n = found.get("layers")
         expected = sum(1 for layer in base.layers if layer.weights)
         got = f"a {found['format']} file with {n} weighted layers" if n else "a file of another layout"
-        if n and n > expected:
+        fits = _what_the_file_fits(spec, path, found, base)
+        if n and n > expected and not fits:
             got += " (more than the no-top base has: does it include the classification top?)"
+        if fits:
+            got += f", {fits}"
         raise WeightsError(
             f"weights: Expected weights for {what} ({expected} weighted layers). "
             f"Received: {path.name}, {got}; Keras says: {_first_line(e)}"
         ) from None
     return base
+
+
+def _extra_keras3_entries(path: Path, base) -> list[str]:
+    """Entries of a Keras 3 weights file beyond every layer of ``base`` (a top), when the
+    file otherwise holds all of the base's layers; [] when it does not (another model)."""
+    import collections
+
+    import h5py
+    from keras.src.utils.naming import to_snake_case
+
+    with h5py.File(path, "r") as f:
+        keys = list(f["layers"].keys()) if "layers" in f else []
+    prefix = lambda k: re.sub(r"_\d+$", "", k)
+    have = collections.Counter(prefix(k) for k in keys if prefix(k) != "input_layer")
+    want = collections.Counter(to_snake_case(type(layer).__name__) for layer in base.layers
+                               if type(layer).__name__ != "InputLayer")
+    extra = have - want
+    if want - have or not extra or set(extra) - _TOP_CLASSES or sum(extra.values()) > 8:
+        return []
+    return sorted(extra.elements())
+
+
+# What the classification tops of Keras applications are made of.
+_TOP_CLASSES = {"dense", "dropout", "flatten", "reshape", "activation", "conv2d",
+                "global_average_pooling2d", "global_max_pooling2d"}
+
+
+# Layer names that tell the architecture of a legacy (Keras 2 applications) .h5 file.
+_SIGNATURES = [
+    ("MobileNet", r"conv_dw_1"), ("MobileNetV2", r"block_1_expand"), ("InceptionV3", r"mixed0"),
+    ("EfficientNet", r"block1a_dwconv"), ("ResNet50V2", r"conv2_block1_preact_bn"),
+    ("DenseNet", r"pool2_conv"), ("ResNet50", r"conv2_block1_0_conv"),
+    ("MobileNetV3", r"expanded_conv(_\d+)?_project"), ("Xception", r"block1_conv1_bn"),
+    ("VGG16", r"block1_conv1"),
+]
+
+
+def _file_shapes(path: Path) -> list[tuple]:
+    """Shapes of every array in an HDF5 weights file, sorted (order-free comparison)."""
+    import h5py
+
+    shapes = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda _, obj: shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None)
+    return sorted(shapes)
+
+
+def _what_the_file_fits(spec: BaseSpec, path: Path, found: dict, base) -> str:
+    """What a file that does not fit seems to hold: another architecture, another alpha."""
+    import keras
+
+    names = found.get("names") or []
+    family = next((label for label, sig in _SIGNATURES if any(re.fullmatch(sig, n) for n in names)), None)
+    same = family == spec.label or (family in ("EfficientNet", "MobileNetV3") and spec.label.startswith(family))
+    if family and not same:
+        return f"whose layer names are {family}'s ({', '.join(names[:3])}, …)"
+    if not spec.alphas:
+        return ""
+    try:
+        shapes = _file_shapes(path)
+        for other in spec.alphas:
+            candidate = getattr(keras.applications, spec.builder)(
+                include_top=False, weights=None, input_shape=(spec.min_size, spec.min_size, 3), alpha=other)
+            if sorted(tuple(w.shape) for w in candidate.weights) == shapes:
+                return f"which holds {spec.label} weights for alpha {other:g}"
+    except Exception:  # a best-effort hint only; the message stands without it
+        return ""
+    return ""
 
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -219,10 +363,18 @@ def _load_weights(base, path: Path, legacy: bool):
     ``*.h5`` the legacy Keras 2 layout; a copy with the right name is used when
     the name says otherwise.
     """
+    import warnings
+
+    name = path.name.lower()
+    with warnings.catch_warnings():  # Keras warns once per layer it cannot match; the error says it all
+        warnings.simplefilter("ignore")
+        _load_weights_named(base, path, legacy, name)
+
+
+def _load_weights_named(base, path: Path, legacy: bool, name: str):
     import shutil
     import tempfile
 
-    name = path.name.lower()
     right = (name.endswith(".h5") and not name.endswith(".weights.h5")) if legacy else name.endswith(".weights.h5")
     if right:
         base.load_weights(str(path))
@@ -244,7 +396,8 @@ def describe_weights_file(path: str | Path) -> dict:
                 names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("layer_names", [])]
                 weighted = [n for n in names if n in g and len(g[n].attrs.get("weight_names", [])) > 0]
                 top = next((n for n in names if re.fullmatch(r"(predictions|fc1000|probs|logits|Logits)", n)), None)
-                return {"format": "legacy h5", "layers": len(weighted), "has_top": bool(top), "top_layer": top}
+                return {"format": "legacy h5", "layers": len(weighted), "has_top": bool(top), "top_layer": top,
+                        "names": weighted}
             if "layers" in f:
                 g = f["layers"]
                 keys = list(g.keys())
@@ -292,3 +445,36 @@ def suggested_cuts(base, name: str) -> list[tuple[str, tuple]]:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
+
+
+def imagenet_problem(name: str, image_size: int, alpha: float) -> str | None:
+    """None when ImageNet weights can be had for this base, else the reason (plain words)."""
+    try:
+        build_base(name, image_size, alpha, "imagenet")
+    except WeightsError as e:
+        return str(e)
+    except Exception as e:  # an odd size or alpha without published weights, …
+        return f"ImageNet weights for {name}: {_first_line(e)}"
+    return None
+
+
+def weights_file_problem(name: str, image_size: int, alpha: float, path: str) -> str | None:
+    """None when the weights file fits this base, else what was expected and what was found."""
+    try:
+        build_base(name, image_size, alpha, path)
+    except WeightsError as e:
+        return str(e)
+    return None
+
+
+def cut_choices(base, name: str) -> list[tuple[str, tuple, bool]]:
+    """Every layer the head can attach to, as (name, output shape, suggested): the
+    suggested cut points first, in order, then every other image-shaped layer."""
+    suggested = {n for n, _ in suggested_cuts(base, name)}
+    rows = []
+    for layer in base.layers[1:]:
+        out = layer.output
+        if isinstance(out, (list, tuple)) or len(out.shape) != 4:
+            continue
+        rows.append((layer.name, tuple(out.shape[1:]), layer.name in suggested))
+    return [r for r in rows if r[2]] + [r for r in rows if not r[2]]

@@ -36,6 +36,28 @@ class FreezeSpec:
             return cls("unlock", names=tuple(n.strip() for n in arg.split(",") if n.strip()))
         raise ConfigError(f"freeze: Expected {expected}. Received: {text!r}")
 
+    @classmethod
+    def from_unlocked(cls, names: list[str], unlocked) -> "FreezeSpec":
+        """The simplest spec that unlocks exactly ``unlocked`` among ``names`` (in base order):
+        all, none, up-to:LAYER when the unlocked layers are the top ones, else unlock:A,B,…
+
+        ``names`` are the layers that matter (those with weights that could train); a
+        per-layer table's checkboxes become a spec that round-trips through JSON and the
+        command line (``--freeze``).
+        """
+        chosen = [n for n in names if n in set(unlocked)]
+        if not chosen:
+            return cls("all")
+        if len(chosen) == len(names):
+            return cls("none")
+        first = names.index(chosen[0])
+        if chosen == names[first:]:
+            return cls("up-to", layer=names[first - 1])
+        bad = [n for n in chosen if "," in n or ":" in n]
+        if bad:
+            raise ConfigError(f"freeze: Expected layer names without ',' or ':'. Received: {bad[0]!r}")
+        return cls("unlock", names=tuple(chosen))
+
     def __str__(self) -> str:
         if self.mode == "up-to":
             return f"up-to:{self.layer}"
@@ -130,34 +152,153 @@ def block_of(name: str) -> str:
     return "stem" if not name.startswith(("top", "out", "post", "head")) else "top"
 
 
-def filter_rows(rows: list[dict], text: str) -> list[dict]:
-    """Rows whose name, type or block contains ``text`` (case-insensitive)."""
+def filter_rows(rows: list[dict], text: str = "", types=()) -> list[dict]:
+    """Rows whose name, type or block contains ``text`` (case-insensitive), and whose type
+    is one of ``types`` (any type when empty)."""
     t = (text or "").strip().lower()
+    out = [r for r in rows if not types or r["type"] in types]
     if not t:
-        return rows
-    return [r for r in rows if t in r["name"].lower() or t in r["type"].lower() or t in r["block"].lower()]
+        return out
+    own = lambda r: r["name"].rsplit("/", 1)[-1].lower()  # a nested layer's own name, not its model's
+    return [r for r in out if t in own(r) or t in r["type"].lower() or t in r["block"].lower()]
 
 
-def layer_table(base, spec: FreezeSpec | str | None = None) -> list[dict]:
-    """One row per layer, like ``model.summary()``: what a person needs to choose a lock."""
+def walk_layers(model, expand_nested: bool = True, prefix: str = "", parent_trainable: bool = True):
+    """(path, layer, effectively trainable) for each layer; a nested model's layers are listed
+    in its place with paths like ``mobilenet_1.00_224/conv1`` (its input layer left out)."""
+    import keras
+
+    for layer in model.layers:
+        if prefix and type(layer).__name__ == "InputLayer":
+            continue
+        trainable = parent_trainable and layer.trainable
+        if expand_nested and isinstance(layer, keras.Model):
+            yield from walk_layers(layer, True, f"{prefix}{layer.name}/", trainable)
+        else:
+            yield f"{prefix}{layer.name}", layer, trainable
+
+
+def _shape(layer) -> tuple:
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        return ()
+
+
+def layer_table(model, spec: FreezeSpec | str | None = None, expand_nested: bool = True) -> list[dict]:
+    """One row per layer, like ``model.summary()``: what a person needs to choose a lock.
+
+    With ``spec`` the rows say what that lock would do to the (top-level) layers;
+    without, what their ``trainable`` flags say now. Nested models are expanded.
+    """
     if isinstance(spec, str):
         spec = FreezeSpec.parse(spec)
-    layers = base.layers
-    mask = spec.locked_mask([layer.name for layer in layers]) if spec else [not layer.trainable for layer in layers]
+    mask = dict(zip([layer.name for layer in model.layers],
+                    spec.locked_mask([layer.name for layer in model.layers]))) if spec else {}
     rows = []
-    for i, (layer, locked) in enumerate(zip(layers, mask)):
+    for i, (path, layer, trainable) in enumerate(walk_layers(model, expand_nested)):
         is_bn = type(layer).__name__ in BATCHNORM_TYPES
-        try:
-            shape = tuple(layer.output.shape)
-        except (AttributeError, ValueError):
-            shape = ()
+        if spec:
+            top = path.split("/")[0]
+            trainable = not mask.get(top, True) and not is_bn
         rows.append({
             "index": i,
-            "name": layer.name,
+            "name": path,
             "type": type(layer).__name__,
-            "output_shape": str(shape),
+            "output_shape": str(_shape(layer)),
             "params": count_params(layer.weights),
-            "trainable": bool(layer.weights) and not locked and not is_bn,
-            "block": block_of(layer.name),
+            "trainable": bool(layer.weights) and bool(trainable),
+            "block": block_of(path.split("/")[-1]),
         })
     return rows
+
+
+# -- what a setting costs, read off a base that is never changed ---------------------------------
+
+def cut_index(base, cut: str | None) -> int:
+    """Index of the last layer kept when the base is cut at ``cut`` (the last layer if None)."""
+    names = [layer.name for layer in base.layers]
+    if not cut or cut not in names:
+        return len(names) - 1
+    return names.index(cut)
+
+
+def lockable_names(base, config) -> list[str]:
+    """Layers up to the cut whose weights a lock decides (BatchNorm only if it may train)."""
+    train_bn = batchnorm_trains(config)
+    return [layer.name for layer in base.layers[: cut_index(base, config.cut) + 1]
+            if _can_train(layer) and (train_bn or type(layer).__name__ not in BATCHNORM_TYPES)]
+
+
+def _can_train(layer) -> bool:
+    """Whether a layer has weights that training could change, whatever its flag says now."""
+    return bool(getattr(layer, "_trainable_variables", None) or layer.trainable_weights)
+
+
+def layer_rows(base, config) -> list[dict]:
+    """The layer table (like ``model.summary()``) with each layer's state under ``config``.
+
+    ``state`` is "trainable", "locked", "locked (BatchNorm)", "no weights" or "cut off"
+    (after the cut layer, not part of the model); ``suggested_cut`` marks the base's
+    named cut points. Reads ``base`` only. Raises ConfigError for an unknown lock layer.
+    """
+    import re
+
+    from core.bases import BASES
+
+    rows = layer_table(base, "none")
+    last = cut_index(base, config.cut)
+    names = [r["name"] for r in rows[: last + 1]]
+    mask = FreezeSpec.parse(config.freeze).locked_mask(names)
+    spec = BASES.get(config.base)
+    pattern = re.compile(spec.cut_pattern) if spec else None
+    for i, row in enumerate(rows):
+        is_bn = row["type"] in BATCHNORM_TYPES
+        row["suggested_cut"] = bool(pattern and pattern.match(row["name"])) or i == len(rows) - 1
+        if i > last:
+            row["trainable"], row["state"] = False, "cut off"
+        elif not row["params"]:
+            row["trainable"], row["state"] = False, "no weights"
+        elif mask[i] or (is_bn and not batchnorm_trains(config)):
+            row["trainable"] = False
+            row["state"] = "locked" if mask[i] else "locked (BatchNorm)"
+        else:
+            row["trainable"], row["state"] = True, "trainable"
+    return rows
+
+
+def lock_param_counts(base, config, num_classes: int) -> dict:
+    """Trainable and locked parameters of the model ``config`` would build on ``base``.
+
+    Counts as ``model.summary()`` does (BatchNorm moving statistics are never
+    trainable; unlocked BatchNorm scale/offset only when BatchNorm may train),
+    using the (un-mutated) base's layers up to the cut, plus the head estimate.
+    Raises ConfigError for an unknown ``up-to`` layer.
+    """
+    from core.head import head_param_estimate
+
+    last = cut_index(base, config.cut)
+    layers = base.layers[: last + 1]
+    mask = FreezeSpec.parse(config.freeze).locked_mask([layer.name for layer in layers])
+    trainable = locked = 0
+    for layer, is_locked in zip(layers, mask):
+        total = count_params(layer.weights)
+        can_train = count_params(layer.trainable_weights) if layer.trainable else 0
+        is_bn = type(layer).__name__ in BATCHNORM_TYPES
+        t = 0 if is_locked or (is_bn and not batchnorm_trains(config)) else can_train
+        trainable += t
+        locked += total - t
+    feature_shape = tuple(int(d) for d in layers[-1].output.shape[1:])
+    head = head_param_estimate(feature_shape, config, num_classes) if len(feature_shape) == 3 else 0
+    return {"base_trainable": trainable, "base_locked": locked, "head": head,
+            "trainable": trainable + head, "locked": locked, "total": trainable + locked + head,
+            "feature_shape": feature_shape}
+
+
+def unlocked_batchnorm(base, config) -> list[str]:
+    """BatchNorm layers that ``config`` leaves unlocked and that will update (pretrained base
+    with train_batchnorm on); [] when BatchNorm stays locked or the base is random."""
+    if not config.train_batchnorm or config.weights == "none":
+        return []
+    return [r["name"] for r in layer_rows(base, config)
+            if r["type"] in BATCHNORM_TYPES and r["state"] == "trainable"]

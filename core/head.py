@@ -15,14 +15,41 @@ def head_param_estimate(feature_shape: tuple, config: ExperimentConfig, num_clas
     return total
 
 
+# Per-weight slots each optimizer keeps while training (Keras defaults as core.train makes them).
+OPTIMIZER_SLOTS = {"adam": 2, "rmsprop": 1, "sgd": 1}  # m and v; the mean square; momentum 0.9
+
+
+def head_plan(feature_shape: tuple, config: ExperimentConfig, num_classes: int) -> dict:
+    """What the head will cost before it is built: parameters, the width going into the
+    first dense layer, and memory in bytes (float32 weights plus the optimizer's slots)."""
+    h, w, c = feature_shape
+    params = head_param_estimate(feature_shape, config, num_classes)
+    slots = OPTIMIZER_SLOTS.get(config.optimizer, 2)
+    return {
+        "params": params,
+        "inputs": c if config.pooling == "gap" else h * w * c,
+        "weights_bytes": 4 * params,
+        "training_bytes": 4 * params * (1 + slots),
+        "optimizer_slots": slots,
+        "cap": MAX_HEAD_PARAMS,
+        "over_cap": params > MAX_HEAD_PARAMS,
+    }
+
+
+def mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.0f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:,.1f} KiB"
+
+
 def check_head_size(feature_shape: tuple, config: ExperimentConfig, num_classes: int) -> int:
-    n = head_param_estimate(feature_shape, config, num_classes)
-    if n > MAX_HEAD_PARAMS:
+    plan = head_plan(feature_shape, config, num_classes)
+    n = plan["params"]
+    if plan["over_cap"]:
         h, w, c = feature_shape
         raise ConfigError(
             f"head: Expected at most {MAX_HEAD_PARAMS:,} head parameters. Received: {n:,} "
-            f"(Flatten of a {h}x{w}x{c} feature map into {config.dense[0] if config.dense else num_classes} units, "
-            f"about {n * 4 / 2**20:,.0f} MiB of weights); use pooling 'gap', fewer units, or a smaller image size"
+            f"(Flatten of a {h}x{w}x{c} feature map into {config.dense[0] if config.dense else num_classes} units: "
+            f"{mib(plan['weights_bytes'])} of weights, {mib(plan['training_bytes'])} with {config.optimizer}'s "
+            f"slots while training); use pooling 'gap', fewer units, a smaller image size or an earlier cut"
         )
     return n
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.bases import build_base, cut_base, get_spec, preprocessing_layer
+from core.bases import build_base, copy_base, cut_base, get_spec, preprocessing_layer
 from core.config import ExperimentConfig
 from core.freeze import BATCHNORM_TYPES, apply_freeze, base_is_frozen, batchnorm_trains
 
@@ -52,13 +52,20 @@ class BuiltModel:
 
 
 def build_model(config: ExperimentConfig, num_classes: int, base=None) -> BuiltModel:
-    """Build the whole model for ``config``. ``base`` may be given (already built, unshared)."""
+    """Build the whole model for ``config``.
+
+    ``base`` may be given: an already built base for ``config`` (say a cached pretrained
+    one). It is only read: the model gets its own copy, which is cut, locked and trained,
+    so a base shared between reruns or experiments never changes.
+    """
     import keras
 
     spec = get_spec(config.base)
     size = config.resolved_image_size()
     if base is None:
         base = build_base(config.base, size, config.alpha, config.weights)
+    else:
+        base = copy_base(base)
     base = cut_base(base, config.cut)
     pretrained = config.weights != "none"
     # The BatchNorm rules protect pretrained statistics; a randomly initialised base has

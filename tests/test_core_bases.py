@@ -10,32 +10,93 @@ FAMILY = {"mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2", "inception_v
           "efficientnet_b3": "efficientnet", "resnet50": "resnet50", "resnet50_v2": "resnet_v2",
           "densenet121": "densenet", "mobilenet_v3_small": "mobilenet_v3", "mobilenet_v3_large": "mobilenet_v3",
           "vgg16": "vgg16", "xception": "xception"}
-SLOW_BASES = {"inception_v3", "xception", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "mobilenet_v3_large"}
+SLOW_BASES = {"inception_v3", "xception", "densenet121", "vgg16", "efficientnet_b1", "efficientnet_b2",
+              "efficientnet_b3", "mobilenet_v3_large"}
+CONVS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 
 
 def test_every_base_has_a_preprocessing_family():
     assert set(FAMILY) == set(BASES)
 
 
+def test_registry_entries_are_complete():
+    import keras
+
+    for name, spec in BASES.items():
+        assert callable(getattr(keras.applications, spec.builder)), name
+        assert 32 <= spec.min_size <= spec.default_size <= 300
+        assert spec.preprocess in ("tf", "caffe", "torch", "none") and spec.preprocess_text
+        assert all(spec.min_size <= s for s in spec.imagenet_sizes)
+        assert f"from {spec.min_size} px" in spec.sizes_text()
+    assert BASES["mobilenet"].alphas == (0.25, 0.5, 0.75, 1.0)
+    assert BASES["mobilenet_v2"].alphas == (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+    assert BASES["inception_v3"].min_size == 75 and BASES["inception_v3"].default_size == 299
+    assert {n: BASES[n].preprocess for n in ("mobilenet", "resnet50", "vgg16", "densenet121", "efficientnet_b0")} == \
+        {"mobilenet": "tf", "resnet50": "caffe", "vgg16": "caffe", "densenet121": "torch", "efficientnet_b0": "none"}
+
+
+def _first_conv_input(base, x):
+    """The tensor that reaches the base's first convolution when ``x`` goes in."""
+    import keras
+
+    conv = next(layer for layer in base.layers if type(layer).__name__ in CONVS)
+    return np.asarray(keras.Model(base.input, conv.input)(x))
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_BASES else n for n in sorted(BASES)])
-def test_tensor_reaching_the_base_equals_keras_preprocess_input(name):
+def test_tensor_reaching_the_first_convolution_equals_keras_preprocess_input(name):
     import keras
 
     from core.model import build_model
 
     spec = BASES[name]
-    size = max(spec.min_size, 32)
-    cfg = tiny_config(base=name, alpha=1.0 if not spec.alphas else spec.alphas[-1], image_size=size)
-    built = build_model(cfg, 3)
-    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-    # What the nested base receives inside the whole model:
-    reaching = built.preprocess.output if built.preprocess is not None else built.model.input
-    got = np.asarray(keras.Model(built.model.input, reaching)(x))
+    size = spec.min_size
+    alpha = spec.alphas[0] if spec.alphas else 1.0
+    built = build_model(tiny_config(base=name, alpha=alpha, image_size=size), 3)
+    # The model is raw RGB -> [preprocessing layer] -> base -> head, nothing else before the base:
     assert built.model.layers[1 if built.preprocess is None else 2] is built.base
-    want = getattr(keras.applications, FAMILY[name]).preprocess_input(x.copy())
-    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-4)
     assert built.model.input.shape[1:] == (size, size, 3)
     assert not any(type(layer).__name__ == "Lambda" for layer in built.model.layers)
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    pre = np.asarray(built.preprocess(x)) if built.preprocess is not None else x
+    got = _first_conv_input(built.base, pre)
+    # Keras' own base fed keras.applications.<family>.preprocess_input(x):
+    reference = getattr(keras.applications, spec.builder)(
+        include_top=False, weights=None, input_shape=(size, size, 3), **spec.builder_kwargs(alpha))
+    want = _first_conv_input(reference, getattr(keras.applications, FAMILY[name]).preprocess_input(x.copy()))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert np.abs(got).max() < (152 if spec.preprocess == "caffe" else 2.7)  # never raw 0-255 pixels
+
+
+def test_auto_named_layers_have_the_same_names_in_every_build():
+    first = build_base("mobilenet_v3_small", 32, 0.75, "none")
+    again = build_base("mobilenet_v3_small", 32, 0.75, "none")
+    names = [layer.name for layer in first.layers]
+    assert names == [layer.name for layer in again.layers]
+    assert names[:3] == ["input_layer", "rescaling", "conv"] and names[-1] == "activation_17"
+    assert len(set(names)) == len(names)
+
+
+def test_suggested_cut_points_with_their_output_shapes():
+    v2 = dict(suggested_cuts(build_base("mobilenet_v2", 96, 0.35, "none"), "mobilenet_v2"))
+    assert list(v2) == [f"block_{i}_add" for i in (2, 4, 5, 7, 8, 9, 11, 12, 14, 15)] + ["out_relu"]
+    assert v2["block_2_add"][1:3] == (24, 24) and v2["out_relu"] == (None, 3, 3, 1280)
+    resnet = dict(suggested_cuts(build_base("resnet50", 64, 1.0, "none"), "resnet50"))
+    assert list(resnet) == [f"conv{c}_block{b}_out" for c, n in ((2, 3), (3, 4), (4, 6), (5, 3)) for b in range(1, n + 1)]
+    assert resnet["conv4_block6_out"] == (None, 4, 4, 1024) and resnet["conv5_block3_out"] == (None, 2, 2, 2048)
+
+
+def test_every_image_shaped_layer_is_a_cut_choice_suggested_first():
+    from core.bases import cut_choices
+
+    base = build_base("mobilenet", 32, 0.25, "none")
+    choices = cut_choices(base, "mobilenet")
+    suggested = [c for c in choices if c[2]]
+    assert [c[0] for c in suggested] == [f"conv_pw_{i}_relu" for i in range(1, 14)]
+    assert choices[: len(suggested)] == suggested
+    assert len(choices) == len(base.layers) - 1  # every layer but the input
+    cut = cut_base(base, "conv_dw_5_bn")  # not a suggested one
+    assert tuple(cut.output.shape[1:]) == dict((c[0], c[1]) for c in choices)["conv_dw_5_bn"]
 
 
 def test_legacy_h5_and_keras3_weight_files_load(tiny_weights):
@@ -118,3 +179,46 @@ def test_efficientnet_imagenet_weights_from_a_file_match_keras_imagenet_build(tm
     want = stem(reference)
     assert np.abs(want).mean() > 0.1
     np.testing.assert_allclose(stem(ours), want, rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_files_say_which_architecture_or_alpha_they_hold(tiny_weights, tmp_path):
+    import keras
+
+    # the alpha 0.25 files for an alpha 0.5 base: both layouts name the alpha found
+    for kind in ("legacy", "keras3"):
+        with pytest.raises(WeightsError, match=r"Expected weights for MobileNet \(alpha 0.5\).* holds MobileNet "
+                                               r"weights for alpha 0.25"):
+            build_base("mobilenet", 32, 0.5, str(tiny_weights[kind]))
+    # a MobileNet file for a MobileNetV2 base: its layer names say whose it is
+    with pytest.raises(WeightsError, match=r"Expected weights for MobileNetV2 \(alpha 0.35\).*layer names are "
+                                           r"MobileNet's \(conv1, conv1_bn, conv_dw_1"):
+        build_base("mobilenet_v2", 32, 0.35, str(tiny_weights["legacy"]))
+    # a Keras 3 file saved from a model with its classification top
+    full = keras.applications.MobileNet(alpha=0.25, input_shape=(32, 32, 3), weights=None, classes=3)
+    top = tmp_path / "mobilenet_top.weights.h5"
+    full.save_weights(top)
+    with pytest.raises(WeightsError, match=r"Expected a no-top weights file .* holds layers the no-top base lacks "
+                                           r"\(.*dropout.*\): it seems to include the classification top"):
+        build_base("mobilenet", 32, 0.25, str(top))
+
+
+def test_a_cached_base_is_never_changed_by_building_or_training(tiny_weights, colour_data_session):
+    from core.freeze import param_counts
+    from core.train import train
+
+    cached = build_base("mobilenet", 32, 0.25, str(tiny_weights["keras3"]))  # as the app would cache it
+    names = [layer.name for layer in cached.layers]
+    flags = [layer.trainable for layer in cached.layers]
+    cfg = tiny_config(weights=str(tiny_weights["keras3"]), freeze="top:5", cut="conv_pw_12_relu",
+                      train_batchnorm=True, epochs=1, lr=0.05)
+    result = train(cfg, colour_data_session, base=cached)
+    trained = next(layer for layer in result.model.layers if hasattr(layer, "layers"))
+    assert trained is not cached and trained.layers[-1].name == "conv_pw_12_relu"
+    assert param_counts(result.model)["trainable"] > 0
+    moved = [a for a, b in zip(trained.get_weights(), cached.get_weights()) if not np.array_equal(a, b)]
+    assert moved  # the run's own copy trained …
+    for got, want in zip(cached.get_weights(), tiny_weights["weights"]):  # … the cached base did not
+        np.testing.assert_array_equal(got, want)
+    assert [layer.name for layer in cached.layers] == names
+    assert [layer.trainable for layer in cached.layers] == flags and cached.trainable
+    assert [layer.momentum for layer in cached.layers if hasattr(layer, "momentum")][0] == 0.99

@@ -353,7 +353,7 @@ IMBALANCE_WARN = 5.0  # warn when the largest class has this many times the imag
 
 
 def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_split: float = 0.0,
-                 progress=None, unpack_dir: str | Path | None = None) -> DataSplits:
+                 progress=None, unpack_dir: str | Path | None = None, name: str | None = None) -> DataSplits:
     """Find classes in a folder or zip, check every file, and split.
 
     Layouts: class folders at the root (``cats/…``, ``dogs/…``); one wrapper
@@ -363,7 +363,8 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
     split is stratified and seeded; ``test_split`` sets a fraction aside as a
     held-out test split. ``progress(done, total)`` is called while files are checked.
     A zip is unpacked (once) under ``unpack_dir`` (default: the shared cache; the
-    app gives the person's workspace).
+    app gives the person's workspace). ``name`` is what the person calls a zip
+    (an upload is stored under a cleaned-up name); messages and reports use it.
     """
     src = Path(path)
     if not src.exists():
@@ -371,11 +372,15 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
     if src.is_file():
         if not zipfile.is_zipfile(src):
             raise DataError(f"data: Expected a folder or a .zip file. Received: {src.name} (not a zip archive)")
-        root = extract_zip(src, unpack_dir)
-        origins = {str(root): src.name}
+        shown = name or src.name
+        try:
+            root = extract_zip(src, unpack_dir)
+        except DataError as e:
+            raise DataError(str(e).replace(src.name, shown)) from None
+        origins = {str(root): shown}
     else:
-        root, origins = src, {}
-    notes, zip_skipped, more_origins = _unpack_records(root, src.name if src.is_file() else "")
+        root, origins, shown = src, {}, ""
+    notes, zip_skipped, more_origins = _unpack_records(root, shown)
     origins.update(more_origins)
     top = root
     root = _unwrap(root)
@@ -391,7 +396,7 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
             out = _load_class_layout(root, val_split, test_split, seed, notes, checker)
     except DataError as e:
         if src.is_file():  # name the user's zip, not the cache folder it was unpacked into
-            raise DataError(str(e).replace(str(top), src.name).replace(top.name, src.name)) from None
+            raise DataError(str(e).replace(str(top), shown).replace(top.name, shown)) from None
         raise
     for s in zip_skipped:
         s.label = s.label or _class_of(s.path, root, out)

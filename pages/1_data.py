@@ -1,5 +1,6 @@
 """Data: choose the images to learn from (the sample, zips, classes uploaded one by one, a course
 dataset, or a folder on the server), then read the report: counts, sizes, thumbnails, skipped files."""
+import re
 from dataclasses import replace
 
 import streamlit as st
@@ -25,10 +26,11 @@ if "workspace" not in st.session_state:
 ws = st.session_state.workspace
 MAX_MB = int(st.get_option("server.maxUploadSize"))
 LIMIT = f"Up to {MAX_MB} MB per file (`server.maxUploadSize` in `.streamlit/config.toml`)."
-DATA_KEYS = ("data", "data_source", "data_path", "data_key", "data_error", "data_upload_id", "run", "compare")
+DATA_KEYS = ("data", "data_source", "data_path", "data_zip_name", "data_key", "data_error", "data_upload_id", "run",
+             "compare")
 
 
-def load(path: str, name: str) -> None:
+def load(path: str, name: str, zip_name: str | None = None) -> None:
     """Load (or reload) a dataset with a progress bar; on failure keep no data and say why."""
     bar = st.progress(0.0, text=f"Checking every image in {name}…")
 
@@ -37,7 +39,7 @@ def load(path: str, name: str) -> None:
 
     try:
         data = load_dataset(path, cfg.val_split, cfg.seed, test_split=cfg.test_split, progress=progress,
-                            unpack_dir=ws.folder("unpacked"))
+                            unpack_dir=ws.folder("unpacked"), name=zip_name)
     except DataError as e:
         st.session_state.pop("data", None)
         st.session_state.data_error = f"{name}: {e}"
@@ -47,10 +49,16 @@ def load(path: str, name: str) -> None:
     st.session_state.data = data
     st.session_state.data_source = name
     st.session_state.data_path = path
+    st.session_state.data_zip_name = zip_name
     st.session_state.data_key = (path, cfg.val_split, cfg.test_split, cfg.seed)
     st.session_state.pop("data_error", None)
     for key in ("run", "compare"):  # runs on other data no longer describe this experiment
         st.session_state.pop(key, None)
+
+
+def md(text: str) -> str:
+    """File and class names shown as written, not as Markdown (``my_photo_1.jpg`` is not italics)."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|<>~$:])", r"\\\1", str(text))
 
 
 def fail(message: str) -> None:
@@ -90,7 +98,7 @@ with zip_tab:
             paths = [str(samples.save_upload(u.name, u.getvalue(), "data", ws)) for u in uploads]
             names = [u.name for u in uploads]
             if len(paths) == 1:
-                load(paths[0], names[0])
+                load(paths[0], names[0], names[0])
             else:
                 try:
                     with st.spinner(f"Unpacking and merging {len(paths)} zips…"):
@@ -124,12 +132,12 @@ with class_tab:
             st.session_state.cls_message = ("warning" if refused else "success", text)
             st.rerun()
     if msg := st.session_state.get("cls_message"):
-        getattr(st, msg[0])(msg[1])
+        getattr(st, msg[0])(md(msg[1]))
     counts = class_folder_counts(class_root)
     if counts:
         for name, n in counts.items():
             c1, c2 = st.columns([4, 1])
-            c1.markdown(f"**{name}**: {n} image(s)")
+            c1.markdown(f"**{md(name)}**: {n} image(s)")
             if c2.button("Remove", key=f"cls_remove_{name}", icon=":material/delete:"):
                 remove_class(class_root, name)
                 st.session_state.pop("cls_message", None)
@@ -181,16 +189,16 @@ if pct / 100 != cfg.val_split or test_pct / 100 != cfg.test_split:
     cfg = replace(cfg, val_split=pct / 100, test_split=test_pct / 100)
     st.session_state.config = cfg
     if data is not None and data.layout == "classes":
-        load(st.session_state.data_path, st.session_state.data_source)
+        load(st.session_state.data_path, st.session_state.data_source, st.session_state.get("data_zip_name"))
 
 if st.session_state.get("data_error"):
-    st.error(st.session_state.data_error)
+    st.error(md(st.session_state.data_error))
 
 data = st.session_state.get("data")
 if data is None:
     st.info("No dataset yet. Click **Use the sample dataset** to start with the built-in one.")
 else:
-    st.success(f"**{st.session_state.get('data_source', 'dataset')}**: {data.summary()}")
+    st.success(f"**{md(st.session_state.get('data_source', 'dataset'))}**: {data.summary()}")
     cols = st.columns(5)
     cols[0].metric("Classes", len(data.class_names))
     cols[1].metric("Train images", len(data.train))
@@ -205,7 +213,7 @@ else:
         has_test = " and test/" if data.test is not None else ""
         st.info(f"Using your own train/ and validation/{has_test} folders as they are.")
     for w in data.warnings:
-        st.warning(w.replace(" (--class-weights)", " (switch on Class weights below)"), icon=":material/balance:")
+        st.warning(md(w.replace(" (--class-weights)", " (switch on Class weights below)")), icon=":material/balance:")
 
     weights_on = st.toggle("Class weights: count each class's mistakes by how rare the class is (for "
                            "imbalanced data)", value=cfg.class_weights, key="w_class_weights")
@@ -215,15 +223,12 @@ else:
         st.caption("Weights used in training: " + ", ".join(
             f"{name} {w:.2f}" for name, w in zip(data.class_names, data.class_weights().values())))
 
-    table_col, chart_col = st.columns([3, 2])
-    with table_col:
-        st.markdown("**Images per class**")
-        st.dataframe(samples.report_frame(data), hide_index=True, width="stretch",
-                     column_config={"median_size": "median size"})
-    with chart_col:
-        st.plotly_chart(charts.class_balance_figure(samples.counts_frame(data)), width="stretch")
+    st.markdown("**Images per class**")
+    st.dataframe(samples.report_frame(data), hide_index=True, width="stretch",
+                 column_config={"median_size": "median size", "formats": st.column_config.TextColumn(width="large")})
+    st.plotly_chart(charts.class_balance_figure(samples.counts_frame(data)), width="stretch")
 
-    st.markdown("**Training images per class** (click 🔍 to enlarge)")
+    st.markdown("**Training images per class** (the magnifier under a photo enlarges it)")
 
     @st.dialog("Image", width="large")
     def enlarge(path: str) -> None:
@@ -233,7 +238,7 @@ else:
             st.error(f"{data.display(path)}: {e.reason}")
             return
         fmt, w, h = data.file_info.get(path, (None, 0, 0))
-        st.caption(f"{data.display(path)} · {fmt or '?'} · {w}×{h} px")
+        st.caption(f"{md(data.display(path))} · {fmt or '?'} · {w}×{h} px")
 
     @st.cache_data(max_entries=8, show_spinner=False)
     def _thumbs(fingerprint: str, _data) -> dict:
@@ -241,12 +246,12 @@ else:
         return {name: [(p, decode_image(p, 96)) for p in paths] for name, paths in picked.items()}
 
     for ci, (name, items) in enumerate(_thumbs(data.fingerprint(), data).items()):
-        st.caption(f"{name} ({data.train.counts()[name]} train)")
+        st.caption(f"{md(name)} ({data.train.counts()[name]} train)")
         grid = st.columns(8)
         for i, (path, img) in enumerate(items):
             with grid[i]:
                 st.image(img, width=80)
-                if st.button("🔍", key=f"thumb_{ci}_{i}", help=data.display(path)):
+                if st.button("", key=f"thumb_{ci}_{i}", icon=":material/zoom_in:", help=f"Enlarge {data.display(path)}"):
                     enlarge(path)
 
     if data.skipped:
@@ -254,8 +259,9 @@ else:
         st.download_button("Download the skipped files as CSV", data.skipped_csv(), file_name="skipped.csv",
                            mime="text/csv", key="skipped_csv", icon=":material/download:")
         st.dataframe(samples.skipped_frame(data), hide_index=True, width="stretch")
-    for note in data.notes:
-        st.caption(note)
+    if data.notes:
+        st.markdown(f"**Notes** ({len(data.notes)}): files used or left out on purpose")
+        st.caption("  \n".join(md(n) for n in data.notes))
     st.page_link("pages/2_base.py", label="Next: choose a pretrained base →", icon=":material/layers:")
 
 # -- privacy -------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ dropout comparison handle), ``weights_file`` (an uploaded weights file).
 import streamlit as st
 
 from core.config import ExperimentConfig
-from core.experiments import experiment_lines
+from core.experiments import experiment_lines, latest_handle
 from core.workspace import Workspace
 
 st.set_page_config(page_title="Transfer Lab", page_icon=":material/science:", layout="wide")
@@ -21,6 +21,8 @@ if "workspace" not in st.session_state:
     st.session_state.workspace = Workspace.open(st.query_params.get("ws"))
 if st.query_params.get("ws") != st.session_state.workspace.id:  # page switches drop query params
     st.query_params["ws"] = st.session_state.workspace.id
+if "run" not in st.session_state:  # a refresh: reattach to the workspace's last run (the run store)
+    st.session_state.run = latest_handle(st.session_state.workspace)
 
 PAGES = [
     st.Page("pages/1_data.py", title="1 · Data", icon=":material/folder_open:", url_path="data", default=True),
@@ -29,6 +31,7 @@ PAGES = [
     st.Page("pages/4_train.py", title="4 · Train", icon=":material/show_chart:", url_path="train"),
     st.Page("pages/5_compare.py", title="5 · Compare dropout", icon=":material/compare_arrows:", url_path="compare"),
     st.Page("pages/6_evaluate.py", title="6 · Evaluate & export", icon=":material/download:", url_path="evaluate"),
+    st.Page("pages/7_runs.py", title="Runs", icon=":material/history:", url_path="runs"),
 ]
 page = st.navigation(PAGES)
 

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 TRAIN_COLOUR = "#2E7D6B"
 VAL_COLOUR = "#E07A1F"
+BEST_COLOUR = "#B63B6F"
 PALETTE = ["#2E7D6B", "#E07A1F", "#3B6FB6", "#B63B6F", "#7A7A7A", "#8C6D1F", "#5B3BB6", "#1FA3A3"]
 METRIC_TITLES = {"loss": "Loss", "accuracy": "Accuracy", "val_loss": "Validation loss", "val_accuracy": "Validation accuracy"}
 
@@ -22,21 +23,53 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 320) -> go
     return fig
 
 
-def history_figure(history, metric: str = "loss", epochs: int | None = None) -> go.Figure:
-    """Train and validation curves of ``metric`` ("loss" or "accuracy") per epoch."""
+def history_figure(history, metric: str = "loss", epochs: int | None = None, best_epoch: int | None = None,
+                   best_note: str = "best epoch") -> go.Figure:
+    """Train and validation curves of ``metric`` ("loss" or "accuracy") per epoch.
+
+    ``best_epoch`` draws a dotted line and a ring on the validation point of
+    the epoch whose weights were kept; a change of ``phase`` between epochs
+    (e.g. head training, then fine-tuning) draws a dashed boundary labelled
+    with the new phase.
+    """
     fig = go.Figure()
-    if history is not None and len(history):
+    has = history is not None and len(history)
+    if has:
         for col, name, colour, dash in ((metric, "train", TRAIN_COLOUR, "solid"),
                                         (f"val_{metric}", "validation", VAL_COLOUR, "dash")):
             if col in history and history[col].notna().any():
                 fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], mode="lines+markers", name=name,
                                          line=dict(color=colour, dash=dash)))
+        for epoch, phase in phase_boundaries(history):
+            fig.add_vline(x=epoch - 0.5, line=dict(color="#7A7A7A", dash="dash", width=1),
+                          annotation_text=phase, annotation_position="top right")
+        if best_epoch is not None and (history["epoch"] == best_epoch).any():
+            col = f"val_{metric}" if f"val_{metric}" in history else metric
+            y = history.loc[history["epoch"] == best_epoch, col].iloc[0]
+            fig.add_vline(x=best_epoch, line=dict(color=BEST_COLOUR, dash="dot", width=1.5))
+            if y == y and y is not None:  # not NaN
+                fig.add_trace(go.Scatter(x=[best_epoch], y=[y], mode="markers", name=best_note,
+                                         marker=dict(size=14, color="rgba(0,0,0,0)",
+                                                     line=dict(color=BEST_COLOUR, width=2.5))))
     _layout(fig, METRIC_TITLES.get(metric, metric), "epoch", metric)
     if epochs:
-        fig.update_xaxes(range=[0.5, max(epochs, 1) + 0.5], dtick=max(1, epochs // 10))
+        fig.update_xaxes(range=[0.5, max(epochs, 1) + 0.5], dtick=max(1, -(-epochs // 10)))
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return fig
+
+
+def phase_boundaries(history) -> list[tuple[int, str]]:
+    """(first epoch, phase) wherever the ``phase`` column changes between consecutive epochs."""
+    if history is None or "phase" not in history or not len(history):
+        return []
+    out, prev = [], None
+    for epoch, phase in zip(history["epoch"], history["phase"]):
+        phase = phase if isinstance(phase, str) else ""
+        if prev is not None and phase and phase != prev:
+            out.append((int(epoch), phase))
+        prev = phase
+    return out
 
 
 def compare_figure(curves, metric: str = "val_accuracy") -> go.Figure:

@@ -1,204 +1,214 @@
 """Runs that outlive a Streamlit script run, dropout comparisons, and plans.
 
-A page starts a :class:`BackgroundRun` (one thread per run, owned by a
-per-session handle) and polls its :class:`Progress` record from a fragment;
-the Stop button sets the run's :class:`~core.train.StopFlag`. Nothing here
-imports Streamlit, and TensorFlow is only imported when a run starts.
+A page starts a run with :func:`start_training` (or a comparison with
+:func:`start_compare`): the job trains in its own worker process
+(:mod:`core.worker`, ``spawn`` context) and writes its progress, each finished
+epoch and its end into the workspace's run store (:mod:`core.runstore`). The
+page holds a :class:`RunHandle`, which only reads the store: a widget event,
+a page switch or a browser refresh (same workspace) loses nothing, and
+:meth:`RunHandle.request_stop` asks the worker to stop at the next batch.
+When a worker dies, the first reader that notices marks its run failed; the
+finished epochs stay. One job at a time per workspace: a second is refused
+with :class:`RunBusy`.
 
 ``compare_dropout`` trains the same experiment once per dropout rate, on the
 same split with the same seed, so only the rate differs between runs.
+Nothing here imports Streamlit, and TensorFlow is only imported in the worker
+(or when a stored run's model is opened).
 """
 from __future__ import annotations
 
 import copy
-import threading
+import json
+import multiprocessing
+import signal
 import time
-import traceback
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.config import ConfigError, ExperimentConfig
 from core.data import cache_dir
-from core.train import TrainingListener
+from core.runstore import ACTIVE, RunRecord, RunStore, new_run_id, pid_alive
 
 DEFAULT_RATES = (0.0, 0.2, 0.5, 0.8)
+STATUS_WORDS = {"queued": "starting", "running": "running", "finished": "finished", "stopped": "stopped",
+                "failed": "failed"}
 
 
-# -- the progress record a fragment polls ---------------------------------------------------
+class RunBusy(Exception):
+    """A run is already going in this workspace; the message names it."""
+
+
+# -- what a page draws: built from the store ------------------------------------------------------
 
 @dataclass
 class Progress:
-    """What a page needs to draw a run's progress. Updated by the run's thread."""
+    """A job's progress as a page draws it (read from the store, never written by a page)."""
 
     kind: str = "train"  # "train" or "compare"
-    status: str = "starting"  # starting, features, training, done, stopped, error
+    status: str = "queued"  # the run in progress (or the last run): queued, running, finished, stopped, failed
     message: str = ""
-    epoch: int = 0
+    epoch: int = 0  # epochs finished in the run in progress
     epochs: int = 0
     batch: int = 0
     batches: int = 0
     phase: str = ""
-    run_index: int = 0  # compare: 1-based index of the run in progress
+    lr: float | None = None
+    eta_s: float | None = None
+    run_index: int = 1  # compare: 1-based index of the run in progress
     runs: int = 1
-    label: str = ""  # compare: e.g. "dropout 0.5"
+    label: str = ""
+    run_id: str = ""
     history: list = field(default_factory=list)  # rows of the run in progress
     finished: list = field(default_factory=list)  # compare: (label, history) of finished runs
-    started_at: float = field(default_factory=time.time)
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    outcome: str = ""
+    started_at: float | None = None
     finished_at: float | None = None
+    stop_requested: bool = False
 
     @property
     def active(self) -> bool:
-        return self.status in ("starting", "features", "training")
+        return self.status in ACTIVE
 
     def fraction(self) -> float:
         """Overall progress in [0, 1], counting finished runs, epochs and batches."""
-        if not self.active:
-            return 1.0 if self.status == "done" else self._raw()
-        return self._raw()
-
-    def _raw(self) -> float:
+        if self.status == "finished" and self.run_index >= self.runs:
+            return 1.0
         per_run = 0.0
-        if self.epochs:
+        if self.epochs and (self.history or self.phase not in ("", "starting")):
             within = self.batch / self.batches if self.batches else 0.0
             if self.phase == "features":
                 per_run = 0.1 * within
             else:
                 done = len(self.history)
                 per_run = 0.1 + 0.9 * min(1.0, (done + (within if done < self.epochs else 0)) / self.epochs)
-        runs = max(1, self.runs)
-        return max(0.0, min(1.0, (max(0, self.run_index - 1) + per_run) / runs))
+        return max(0.0, min(1.0, (max(0, self.run_index - 1) + per_run) / max(1, self.runs)))
 
     def text(self) -> str:
         prefix = f"Run {self.run_index}/{self.runs} ({self.label}): " if self.kind == "compare" and self.runs > 1 else ""
-        if self.status == "starting":
-            return prefix + "building the model…"
-        if self.status == "features":
-            return prefix + f"computing base features once, batch {self.batch}/{self.batches}"
-        if self.status == "training":
-            return prefix + f"epoch {min(len(self.history) + 1, self.epochs)}/{self.epochs}, batch {self.batch}/{self.batches}"
+        eta = f" · about {format_seconds(self.eta_s)} left" if self.eta_s is not None and self.active else ""
+        stopping = " · stopping at the next batch…" if self.stop_requested and self.active else ""
+        if self.status == "queued" or (self.status == "running" and self.phase in ("", "starting")):
+            return prefix + "starting the training process and building the model…" + stopping
+        if self.status == "running":
+            if self.phase == "features":
+                return prefix + f"computing base features once, batch {self.batch}/{self.batches}{eta}{stopping}"
+            epoch = min(len(self.history) + 1, self.epochs)
+            batch = f", batch {self.batch}/{self.batches}" if self.batches else ""
+            return prefix + f"epoch {epoch}/{self.epochs}{batch}{eta}{stopping}"
         if self.status == "stopped":
             return f"Stopped; {self.message}"
-        if self.status == "error":
+        if self.status == "failed":
             return f"Failed: {self.message}"
         return self.message or "Done"
 
     def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
         return (self.finished_at or time.time()) - self.started_at
 
 
-class ProgressListener(TrainingListener):
-    """Writes training events into a :class:`Progress` record (under its lock)."""
-
-    def __init__(self, progress: Progress, lock: threading.Lock):
-        self.progress, self.lock = progress, lock
-
-    def on_train_begin(self, plan) -> None:
-        with self.lock:
-            p = self.progress
-            p.epochs, p.history, p.batch, p.batches, p.phase = plan.epochs, [], 0, 0, ""
-            p.status = "features" if plan.path == "features" else "training"
-
-    def on_batch_end(self, event) -> None:
-        with self.lock:
-            p = self.progress
-            p.phase, p.batch, p.batches = event.phase, event.batch, event.batches
-            p.status = "features" if event.phase == "features" else "training"
-
-    def on_epoch_end(self, event) -> None:
-        with self.lock:
-            self.progress.history = self.progress.history + [dict(event.logs)]
-            self.progress.epoch = event.epoch
+def format_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = max(0, int(round(s)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
-# -- a run in a background thread ----------------------------------------------------------------
+def record_text(rec: RunRecord) -> str:
+    """A finished run in one line: status, epochs, best validation accuracy (or its error)."""
+    n = len(rec.history) if rec.history else rec.epochs_done
+    if rec.status == "failed":
+        kept = f"; {n} finished epoch(s) kept" if n else ""
+        return f"failed: {rec.error}{kept}"
+    if rec.active:
+        return STATUS_WORDS[rec.status]
+    outcome = rec.outcome or rec.status
+    if not n:
+        return f"{outcome} before an epoch finished"
+    acc = f"{rec.best_val_accuracy:.1%}" if rec.best_val_accuracy is not None else "n/a"
+    return f"{outcome} after {n} epoch(s); best validation accuracy {acc} at epoch {rec.best_epoch}"
 
-class BackgroundRun:
-    """One training job (a run or a comparison) in its own thread.
 
-    ``target(listeners, stop)`` does the work and returns the result. The
-    thread, not the Streamlit script run, owns the job, so widget events and
-    page switches do not interrupt it. Read :meth:`snapshot` for progress;
-    :meth:`request_stop` ends it at the next batch, keeping finished epochs.
+# -- a stored run, as the pages use a result ------------------------------------------------------------
+
+class StoredResult:
+    """A finished (or stopped) run read back from the store and its run folder.
+
+    Looks like :class:`core.train.RunResult` to the pages: ``history``,
+    ``best_epoch``, ``status``, ``config``…; ``model`` loads the folder's
+    ``model.keras`` on first use (TensorFlow only then), ``data`` rebuilds the
+    run's own split from ``data.json``.
     """
 
-    def __init__(self, target, kind: str = "train", runs: int = 1, label: str = ""):
-        from core.train import StopFlag
-
-        self.kind = kind
-        self.stop_flag = StopFlag()
-        self.lock = threading.Lock()
-        self.progress = Progress(kind=kind, runs=runs, run_index=1, label=label)
-        self.result = None
-        self.error: str | None = None
-        self._target = target
-        self._thread = threading.Thread(target=self._main, name=f"transfer-lab-{kind}", daemon=True)
-
-    @classmethod
-    def finished(cls, result, kind: str = "train") -> "BackgroundRun":
-        """A handle for an already finished result (for loading a run, and for tests)."""
-        run = cls(lambda listeners, stop: result, kind=kind)
-        run.result = result
-        run.progress.status = "done"
-        run.progress.finished_at = time.time()
-        run.progress.message = describe_result(result)
-        history = getattr(result, "history", None)
-        if history is not None:
-            run.progress.history = list(history)
-            run.progress.epochs = getattr(result.config, "epochs", len(history))
-        return run
-
-    def start(self) -> "BackgroundRun":
-        self._thread.start()
-        return self
-
-    def _main(self) -> None:
-        listener = ProgressListener(self.progress, self.lock)
-        try:
-            result = self._target([listener], self.stop_flag)
-        except Exception as e:  # shown on the page, never raised into Streamlit
-            with self.lock:
-                self.error = _error_text(e)
-                self.progress.status = "error"
-                self.progress.message = self.error
-                self.progress.finished_at = time.time()
-            return
-        with self.lock:
-            self.result = result
-            stopped = self.stop_flag.is_set() or getattr(result, "status", "") == "stopped"
-            self.progress.status = "stopped" if stopped else "done"
-            self.progress.message = describe_result(result)
-            self.progress.finished_at = time.time()
-
-    def request_stop(self) -> None:
-        self.stop_flag.set()
+    def __init__(self, rec: RunRecord):
+        self.record = rec
+        self.run_id = rec.id
+        self.config = ExperimentConfig.from_dict(rec.config)
+        self.history = [dict(r) for r in rec.history]
+        self.best_epoch = rec.best_epoch
+        self.best_val_accuracy = rec.best_val_accuracy
+        self.status = rec.outcome or rec.status  # completed, early-stopped, stopped
+        self.path = rec.progress.get("path", "")
+        self.timings = dict(rec.progress.get("timings") or {})
+        self.params = dict(rec.progress.get("params") or {})
+        self.warnings = list(rec.progress.get("warnings") or [])
+        self.run_dir = rec.run_dir or None
+        self.label = rec.label
+        self._model = None
+        self._data = None
+        self._class_names = None
 
     @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            names = None
+            for name in ("labels.json", "data.json"):
+                f = Path(self.run_dir or "") / name
+                if self.run_dir and f.is_file():
+                    try:
+                        names = json.loads(f.read_text(encoding="utf-8"))["class_names"]
+                        break
+                    except (ValueError, KeyError, OSError):
+                        continue
+            self._class_names = list(names or [])
+        return self._class_names
 
     @property
-    def done(self) -> bool:
-        return not self.progress.active
+    def model_file(self) -> Path | None:
+        f = Path(self.run_dir) / "model.keras" if self.run_dir else None
+        return f if f is not None and f.is_file() else None
 
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        return self.done
+    @property
+    def model(self):
+        """The run's model at its best epoch (loaded once), or None when no model was saved."""
+        if self._model is None and self.model_file is not None:
+            from core.export import load_model
 
-    def snapshot(self) -> Progress:
-        with self.lock:
-            return copy.deepcopy(self.progress)
+            self._model, names = load_model(self.model_file)
+            if not self.class_names:
+                self._class_names = names
+        return self._model
 
+    @property
+    def data(self):
+        if self._data is None and self.run_dir and (Path(self.run_dir) / "data.json").is_file():
+            from core.worker import data_from_spec
 
-def _error_text(e: Exception) -> str:
-    from core.bases import WeightsError
-    from core.data import DataError
+            try:
+                self._data = data_from_spec(json.loads((Path(self.run_dir) / "data.json").read_text(encoding="utf-8")))
+            except (ValueError, KeyError, OSError):
+                self._data = None
+        return self._data
 
-    if isinstance(e, (ConfigError, WeightsError, DataError, ValueError)):
-        return str(e)
-    tb = traceback.format_exception_only(type(e), e)[-1].strip()
-    return f"unexpected error: {tb[:500]}"
+    def history_frame(self):
+        return history_rows_frame(self.history)
 
 
 def describe_result(result) -> str:
@@ -215,7 +225,191 @@ def describe_result(result) -> str:
     return f"{result.status} after {n} epoch(s); best validation accuracy {acc} at epoch {result.best_epoch}"
 
 
-# -- single runs ---------------------------------------------------------------------------------
+# -- worker processes and the handle a page keeps -------------------------------------------------------
+
+_PROCESSES: dict[str, multiprocessing.process.BaseProcess] = {}  # job (group) id → its worker, this server only
+
+
+def _job_alive(rec: RunRecord) -> tuple[bool, str]:
+    """Whether the worker of ``rec``'s job still runs, and if not, why it ended (in words)."""
+    proc = _PROCESSES.get(rec.group)
+    if proc is not None:
+        if proc.is_alive():
+            return True, ""
+        code = proc.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return False, f"the training process was killed ({name})"
+        return False, f"the training process ended unexpectedly (exit code {code})"
+    if rec.pid is None:
+        return time.time() - rec.created < 60, "the training process never started"
+    return pid_alive(rec.pid), "the training process is gone"
+
+
+def reconcile(store: RunStore) -> list[RunRecord]:
+    """Mark runs whose worker is gone as failed (finished epochs kept); return the runs still active."""
+    alive = []
+    for rec in store.active():
+        ok, why = _job_alive(rec)
+        if ok:
+            alive.append(rec)
+            continue
+        fresh = store.get(rec.id, history=False)  # the worker may have ended it just now
+        if fresh is not None and fresh.active:
+            store.mark_lost(rec.id, why)
+    return alive
+
+
+class RunHandle:
+    """A page's handle on a job (one run, or a comparison's runs) in the run store.
+
+    Reads only the store; safe to keep in ``st.session_state`` and to rebuild
+    after a refresh with :func:`latest_handle`.
+    """
+
+    def __init__(self, store_path: str | Path, group: str, kind: str = "train", run_id: str | None = None):
+        self.store_path = str(store_path)
+        self.group = group
+        self.kind = kind
+        self.run_id = run_id  # just this run of the job (a compare member opened on its own)
+        self._result = None
+        self._records: list[RunRecord] | None = None
+        self._read_at = 0.0
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.store_path)
+
+    def records(self, fresh: bool = True) -> list[RunRecord]:
+        """The job's runs in order (oldest first), with histories; checks the worker is alive."""
+        if fresh or self._records is None or time.time() - self._read_at > 0.5:
+            store = self.store
+            recs = store.list(group=self.group, history=True)
+            if any(r.active for r in recs):
+                reconcile(store)
+                recs = store.list(group=self.group, history=True)
+            if self.run_id is not None:
+                recs = [r for r in recs if r.id == self.run_id]
+            self._records = list(reversed(recs))
+            self._read_at = time.time()
+        return self._records
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [r.id for r in self.records(fresh=False)]
+
+    @property
+    def running(self) -> bool:
+        return any(r.active for r in self.records())
+
+    @property
+    def done(self) -> bool:
+        return not self.running
+
+    def request_stop(self) -> None:
+        recs = self.records(fresh=False)
+        if recs:
+            self.store.request_stop(recs[0].id)
+
+    def join(self, timeout: float | None = None, poll: float = 0.2) -> bool:
+        """Wait until the job ends (True) or ``timeout`` seconds pass (False)."""
+        end = None if timeout is None else time.time() + timeout
+        while self.running:
+            if end is not None and time.time() > end:
+                return False
+            time.sleep(poll)
+        proc = _PROCESSES.get(self.group)
+        if proc is not None:
+            proc.join(5)
+        return True
+
+    def snapshot(self) -> Progress:
+        recs = self.records()
+        p = Progress(kind=self.kind, runs=max(1, len(recs)))
+        if not recs:
+            p.status, p.message = "failed", "the run is no longer in the store (deleted?)"
+            return p
+        current = next((r for r in recs if r.active), recs[-1])
+        p.run_index = recs.index(current) + 1
+        p.run_id, p.label, p.status = current.id, current.label, current.status
+        p.history = list(current.history)
+        p.finished = [(r.label, list(r.history)) for r in recs[: p.run_index - 1]]
+        prog = current.progress
+        p.epochs = int(current.epochs or prog.get("epochs") or 0)
+        p.epoch = len(current.history)
+        p.phase = prog.get("phase", "")
+        p.batch, p.batches = int(prog.get("batch") or 0), int(prog.get("batches") or 0)
+        p.lr = prog.get("lr")
+        if p.lr is None and current.history:
+            p.lr = current.history[-1].get("lr")
+        p.eta_s = prog.get("eta_s")
+        p.best_epoch, p.best_val_accuracy, p.outcome = current.best_epoch, current.best_val_accuracy, current.outcome
+        p.started_at = min((r.started for r in recs if r.started), default=None) or recs[0].created
+        p.finished_at = current.finished if not current.active else None
+        p.stop_requested = current.stop_requested
+        if self.kind == "compare" and not current.active:
+            failed = [r for r in recs if r.status == "failed"]
+            stopped = any(r.status == "stopped" for r in recs)
+            if failed:
+                p.status, p.message = "failed", f"{failed[0].label}: {failed[0].error}"
+            else:
+                kept = sum(1 for r in recs if r.history)
+                p.status = "stopped" if stopped else "finished"
+                p.message = f"{kept} of {len(recs)} run(s) compared"
+        else:
+            p.message = current.error if current.status == "failed" else record_text(current)
+        return p
+
+    @property
+    def error(self) -> str | None:
+        p = self.snapshot()
+        return p.message if p.status == "failed" else None
+
+    @property
+    def result(self):
+        """A StoredResult (train) or CompareResult (compare) once the job ended; None while it runs or failed."""
+        if self._result is not None:
+            return self._result
+        recs = self.records(fresh=False)
+        if not recs or any(r.active for r in self.records()):
+            return None
+        recs = self.records(fresh=False)
+        if self.kind == "compare":
+            kept = [StoredResult(r) for r in recs if r.status in ("finished", "stopped") and r.history]
+            rates = [float(ExperimentConfig.from_dict(r.config).dropout) for r in recs]
+            self._result = CompareResult(rates, kept, stopped=any(r.status == "stopped" for r in recs))
+        else:
+            rec = recs[-1]
+            if rec.status == "failed":
+                return None
+            self._result = StoredResult(rec)
+        return self._result
+
+
+def handle_for_run(store_path: str | Path, run_id: str) -> RunHandle | None:
+    """A handle on one stored run (a compare member is handled as a single run)."""
+    store = RunStore(store_path)
+    rec = store.get(run_id, history=False)
+    if rec is None:
+        return None
+    if rec.kind == "compare":
+        return RunHandle(store_path, rec.group, "train", run_id=run_id)
+    return RunHandle(store_path, rec.group, rec.kind)
+
+
+def latest_handle(workspace=None, kind: str = "train") -> RunHandle | None:
+    """The workspace's newest job of ``kind`` (to reattach after a refresh), or None."""
+    path = store_path(workspace)
+    if not Path(path).exists():
+        return None
+    recs = RunStore(path).list(kind=kind)
+    return RunHandle(path, recs[0].group, kind) if recs else None
+
+
+# -- starting jobs -----------------------------------------------------------------------------------------
 
 def runs_root(workspace=None) -> Path:
     d = workspace.runs_dir if workspace is not None else cache_dir() / "runs"
@@ -223,23 +417,133 @@ def runs_root(workspace=None) -> Path:
     return d
 
 
-def start_training(config: ExperimentConfig, data, save: bool = True, workspace=None) -> BackgroundRun:
-    """Validate, then train ``config`` on ``data`` in a background thread.
+def store_path(workspace=None) -> Path:
+    return Path(workspace.store_path) if workspace is not None else runs_root(None) / "runs.sqlite"
 
-    Raises :class:`ConfigError` at once (before any thread) on a bad setting.
-    With ``save`` the run folder (model.keras, labels.json, history, …) is
-    written under the cache's ``runs/``.
+
+def open_store(workspace=None) -> RunStore:
+    return RunStore(store_path(workspace))
+
+
+def busy_message(rec: RunRecord) -> str:
+    what = "A dropout comparison" if rec.kind == "compare" else "A training run"
+    return (f"{what} is already going in this workspace ({rec.label or rec.id}, {STATUS_WORDS[rec.status]}). "
+            "Expected one run at a time: wait for it to finish or press Stop, then start again.")
+
+
+def check_idle(workspace=None) -> None:
+    """Raise :class:`RunBusy` when a job of this workspace is still going."""
+    path = store_path(workspace)
+    if Path(path).exists():
+        alive = reconcile(RunStore(path))
+        if alive:
+            raise RunBusy(busy_message(alive[-1]))
+
+
+def _launch(workspace, kind: str, configs: list[ExperimentConfig], labels: list[str], data) -> RunHandle:
+    from core.worker import run_job, write_data_spec
+
+    check_idle(workspace)
+    store = open_store(workspace)
+    group = new_run_id()
+    runs = []
+    for cfg, label in zip(configs, labels):
+        rid = new_run_id() if kind == "train" else f"{group}-{len(runs) + 1}"
+        run_dir = runs_root(workspace) / rid
+        spec = write_data_spec(data, run_dir / "data.json")
+        store.create(cfg.to_json(), kind=kind, label=label, run_dir=run_dir, group=group, epochs=cfg.epochs, run_id=rid)
+        runs.append({"id": rid, "config": cfg.to_json(), "run_dir": str(run_dir)})
+    job = {"data": str(spec), "runs": runs}
+    proc = multiprocessing.get_context("spawn").Process(target=run_job, args=(str(store.path), job),
+                                                         name=f"transfer-lab-{kind}", daemon=True)
+    proc.start()
+    _PROCESSES[group] = proc
+    for r in runs:
+        store.set_pid(r["id"], proc.pid)
+    return RunHandle(store.path, group, kind)
+
+
+def start_training(config: ExperimentConfig, data, workspace=None) -> RunHandle:
+    """Validate, then train ``config`` on ``data`` in a worker process; returns its handle.
+
+    Raises :class:`ConfigError` at once on a bad setting and :class:`RunBusy`
+    when this workspace already has a job going. The run folder (model.keras,
+    labels.json, history, …, plus the split as data.json) goes under the
+    workspace's ``runs/``.
     """
     config = copy.deepcopy(config).validate()
+    return _launch(workspace, "train", [config], [run_label(config)], data)
 
-    def target(listeners, stop):
-        from core.train import train
 
-        run_dir = runs_root(workspace) / (time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]) if save else None
-        result = train(config, data, listeners=listeners, stop=stop, run_dir=run_dir)
-        return result
+def run_label(config: ExperimentConfig) -> str:
+    rates = "/".join(f"{r:g}" for r in config.dropout_rates())
+    size = config.resolved_image_size()
+    return f"{config.base} {size}px, {config.weights_label()}, lock {config.freeze}, dropout {rates}"
 
-    return BackgroundRun(target, "train", label=config.weights_label()).start()
+
+# -- the Runs view: a workspace's runs as tables and curves ------------------------------------------
+
+def run_name(rec: RunRecord) -> str:
+    """How a run is named in lists and legends: its label and the end of its id (unique)."""
+    return f"{rec.label or rec.kind} · {rec.id[-6:]}"
+
+
+def filter_runs(records: list[RunRecord], text: str = "", statuses=None,
+                sort: str = "best validation accuracy") -> list[RunRecord]:
+    """Runs whose label, id, kind, status, error, base or weights hold every word of ``text``, of ``statuses``, sorted.
+
+    ``sort``: "best validation accuracy" (highest first, runs without one last) or "newest".
+    """
+    words = str(text or "").lower().split()
+    out = []
+    for rec in records:
+        cfg = rec.config
+        hay = " ".join([rec.label, rec.id, rec.kind, rec.status, rec.outcome, rec.error, str(cfg.get("base", "")),
+                        str(cfg.get("weights", "")), str(cfg.get("optimizer", ""))]).lower()
+        if all(w in hay for w in words) and (not statuses or rec.status in statuses):
+            out.append(rec)
+    if sort == "newest":
+        return sorted(out, key=lambda r: r.created, reverse=True)
+    return sorted(out, key=lambda r: (r.best_val_accuracy is None, -(r.best_val_accuracy or 0.0), -r.created))
+
+
+def runs_table(records: list[RunRecord]):
+    """One row per run for the Runs view."""
+    import pandas as pd
+
+    rows = []
+    for rec in records:
+        n = len(rec.history) if rec.history else rec.epochs_done
+        rows.append({
+            "run": run_name(rec), "kind": rec.kind, "status": rec.outcome if rec.status == "finished" and rec.outcome
+            else rec.status, "best val accuracy": rec.best_val_accuracy, "best epoch": rec.best_epoch,
+            "epochs": f"{n}/{rec.epochs}", "started": pd.Timestamp(rec.created, unit="s").strftime("%Y-%m-%d %H:%M"),
+            "time": format_seconds(rec.elapsed()) if rec.started else "", "error": rec.error, "id": rec.id})
+    return pd.DataFrame(rows, columns=["run", "kind", "status", "best val accuracy", "best epoch", "epochs",
+                                       "started", "time", "error", "id"])
+
+
+def runs_curves(records: list[RunRecord]):
+    """Long frame (run, epoch, metrics) of several runs, to overlay."""
+    import pandas as pd
+
+    frames = [history_rows_frame(rec.history, run_name(rec)) for rec in records if rec.history]
+    if not frames:
+        return pd.DataFrame(columns=["run", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def delete_runs(workspace, run_ids) -> tuple[int, list[str]]:
+    """Delete runs (rows and folders); returns (deleted, problems) — an active run is refused."""
+    store = open_store(workspace)
+    reconcile(store)
+    deleted, problems = 0, []
+    for rid in run_ids:
+        try:
+            deleted += bool(store.delete(rid))
+        except Exception as e:  # RunStoreError: still running
+            problems.append(str(e))
+    return deleted, problems
 
 
 # -- comparing dropout rates -----------------------------------------------------------------------
@@ -247,7 +551,7 @@ def start_training(config: ExperimentConfig, data, save: bool = True, workspace=
 @dataclass
 class CompareResult:
     rates: list[float]
-    runs: list  # RunResult per finished rate, in order
+    runs: list  # RunResult (or StoredResult) per finished rate, in order
     stopped: bool = False
 
     def table(self):
@@ -287,13 +591,17 @@ def parse_rates(text) -> list[float]:
     return rates
 
 
+def compare_configs(config: ExperimentConfig, rates) -> tuple[list[float], list[ExperimentConfig]]:
+    rates = parse_rates(rates)
+    return rates, [replace(copy.deepcopy(config), dropout=float(r)).validate() for r in rates]
+
+
 def compare_dropout(config: ExperimentConfig, data, rates=DEFAULT_RATES, listeners=(), stop=None,
                     on_run_begin=None, on_run_end=None) -> CompareResult:
-    """Train ``config`` once per dropout rate (same data split, same seed)."""
+    """Train ``config`` once per dropout rate (same data split, same seed), in this process."""
     from core.train import StopFlag, train
 
-    rates = parse_rates(rates)
-    configs = [replace(copy.deepcopy(config), dropout=float(r)).validate() for r in rates]
+    rates, configs = compare_configs(config, rates)
     stop = stop or StopFlag()
     runs = []
     for i, (rate, cfg) in enumerate(zip(rates, configs)):
@@ -308,27 +616,13 @@ def compare_dropout(config: ExperimentConfig, data, rates=DEFAULT_RATES, listene
     return CompareResult(list(rates), runs, stopped=stop.is_set())
 
 
-def start_compare(config: ExperimentConfig, data, rates=DEFAULT_RATES) -> BackgroundRun:
-    """:func:`compare_dropout` in a background thread; raises ConfigError at once on bad rates."""
-    rates = parse_rates(rates)
-    for r in rates:
-        replace(copy.deepcopy(config), dropout=float(r)).validate()
-    handle: BackgroundRun | None = None
+def start_compare(config: ExperimentConfig, data, rates=DEFAULT_RATES, workspace=None) -> RunHandle:
+    """:func:`compare_dropout` in a worker process, each rate a run in the store (kind "compare").
 
-    def begin(i, rate):
-        with handle.lock:
-            p = handle.progress
-            p.run_index, p.label, p.history, p.status = i + 1, f"dropout {rate:g}", [], "starting"
-
-    def end(i, rate, result):
-        with handle.lock:
-            handle.progress.finished = handle.progress.finished + [(f"dropout {rate:g}", list(result.history))]
-
-    def target(listeners, stop):
-        return compare_dropout(config, data, rates, listeners, stop, on_run_begin=begin, on_run_end=end)
-
-    handle = BackgroundRun(target, "compare", runs=len(rates), label=f"dropout {rates[0]:g}")
-    return handle.start()
+    Raises ConfigError at once on bad rates and :class:`RunBusy` when a job is going.
+    """
+    rates, configs = compare_configs(config, rates)
+    return _launch(workspace, "compare", configs, [f"dropout {r:g}" for r in rates], data)
 
 
 def compare_table(runs) -> "pd.DataFrame":
@@ -474,8 +768,8 @@ def experiment_lines(config: ExperimentConfig | None, data=None, data_source: st
         out.append(("Head", f"{config.pooling.upper()}, dense {dense}, dropout {rates}, augment {config.augment}, "
                             f"{config.optimizer} {config.lr:g}"))
     if run is not None:
-        result = getattr(run, "result", None)
         p = run.snapshot() if hasattr(run, "snapshot") else None
+        result = getattr(run, "result", None) if p is None or not p.active else None
         if result is not None and getattr(result, "history", None) is not None:
             out.append(("Last run", f"{result.config.weights_label()}: {describe_result(result)}"))
         elif p is not None:

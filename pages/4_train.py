@@ -1,19 +1,24 @@
-"""Train: run the experiment with live loss and accuracy charts and a Stop button."""
+"""Train: run the experiment in a worker process, with live progress, charts and a Stop button."""
 from dataclasses import replace
 
 import streamlit as st
 
 from core import charts
 from core.config import ConfigError
+from core.experiments import (RunBusy, busy_message, format_seconds, history_rows_frame, latest_handle,
+                              open_store, reconcile, start_training)
 from core.model import from_scratch_warning
-from core.experiments import history_rows_frame, start_training
 
 st.title("Train")
-st.write("Set how long to train and press **Train**: the charts update after every epoch, and **Stop** "
-         "ends the run keeping the epochs already done. You can switch pages meanwhile.")
+st.write("Set how long to train and press **Train**. The run goes on in its own process: switch pages, move "
+         "widgets or refresh the browser (same address) and it keeps going. **Stop** ends it at the next batch, "
+         "keeping the epochs already done; every run is kept in **Runs**.")
 
 cfg = st.session_state.config
 data = st.session_state.get("data")
+workspace = st.session_state.get("workspace")
+if "run" not in st.session_state:  # a refresh: reattach to this workspace's last run
+    st.session_state.run = latest_handle(workspace)
 handle = st.session_state.get("run")
 
 
@@ -36,7 +41,6 @@ patience = int(c3.number_input("Early stopping: patience in epochs (0 = off)", m
 cfg = replace(cfg, epochs=epochs, batch_size=int(batch), early_stopping=patience)
 st.session_state.config = cfg
 
-running = handle is not None and handle.running
 st.caption(f"{cfg.base}, {cfg.resolved_image_size()} px, weights **{cfg.weights_label()}**, lock {cfg.freeze}, "
            f"head {cfg.pooling} → {cfg.dense or 'no hidden layer'} → dropout {cfg.dropout}, augment {cfg.augment}, "
            f"{cfg.optimizer} {cfg.lr:g}.")
@@ -50,11 +54,17 @@ if data is None:
 for p in problems:
     st.error(p)
 
-if st.button("Train", type="primary", disabled=data is None or bool(problems) or running, key="train"):
+busy = reconcile(open_store(workspace))  # this workspace's jobs still going (a dead worker is marked failed)
+running = bool(busy)
+if busy and (handle is None or busy[0].group != handle.group):
+    st.info(busy_message(busy[0]) + " It is shown on the page that started it and in **Runs**.")
+
+if st.button("Train", type="primary", disabled=data is None or bool(problems) or running, key="train",
+             help="One run at a time per workspace." if running else None):
     try:
-        st.session_state.run = handle = start_training(cfg, data, workspace=st.session_state.get("workspace"))
+        st.session_state.run = handle = start_training(cfg, data, workspace=workspace)
         running = True
-    except ConfigError as e:
+    except (ConfigError, RunBusy) as e:
         st.error(str(e))
 
 
@@ -65,14 +75,25 @@ def live():
         return
     p = h.snapshot()
     st.progress(p.fraction(), text=p.text())
+    facts = [f"Epoch **{p.epoch}/{p.epochs}**" if p.epochs else None,
+             f"phase **{'computing base features' if p.phase == 'features' else p.phase}**"
+             if p.phase not in ("", "starting", "done") else None,
+             f"learning rate **{p.lr:.3g}**" if p.lr is not None else None,
+             f"elapsed {format_seconds(p.elapsed())}" if p.started_at else None,
+             f"about **{format_seconds(p.eta_s)}** left" if p.active and p.eta_s is not None else None]
+    left, right = st.columns([5, 1])
+    left.markdown(" · ".join(f for f in facts if f) or " ")
     if p.active:
-        st.button("Stop", on_click=h.request_stop, key="stop", help="Ends at the next batch; finished epochs are kept.")
+        right.button("Stop", on_click=h.request_stop, key="stop", disabled=p.stop_requested,
+                     help="Ends at the next batch; finished epochs are kept.", width="stretch")
     frame = history_rows_frame(p.history)
+    best = p.best_epoch if p.history else None
+    note = "best epoch (weights kept)" if not p.active else "best so far"
     a, b = st.columns(2)
-    a.plotly_chart(charts.history_figure(frame, "loss", p.epochs), width="stretch", key="loss_chart")
-    b.plotly_chart(charts.history_figure(frame, "accuracy", p.epochs), width="stretch", key="acc_chart")
-    if not p.active and st.session_state.get("_shown_run") != id(h):
-        st.session_state._shown_run = id(h)
+    a.plotly_chart(charts.history_figure(frame, "loss", p.epochs, best, note), width="stretch", key="loss_chart")
+    b.plotly_chart(charts.history_figure(frame, "accuracy", p.epochs, best, note), width="stretch", key="acc_chart")
+    if not p.active and st.session_state.get("_shown_run") != (h.group, p.status):
+        st.session_state._shown_run = (h.group, p.status)
         st.rerun()  # the whole page: show the result below and update the sidebar
 
 
@@ -81,8 +102,9 @@ live()
 if handle is not None and not handle.running:
     p = handle.snapshot()
     result = handle.result
-    if p.status == "error":
-        st.error(f"The run failed: {p.message}")
+    if p.status == "failed":
+        kept = f" Its {len(p.history)} finished epoch(s) are kept (see **Runs**)." if p.history else ""
+        st.error(f"The run failed: {p.message}.{kept}")
     elif result is not None:
         weights = result.config.weights_label()
         if result.history:
@@ -90,12 +112,15 @@ if handle is not None and not handle.running:
             msg = (f"Run **{result.status}** after {len(result.history)} epoch(s) with weights **{weights}**: "
                    f"best validation accuracy **{best:.1%}** at epoch {result.best_epoch} (its weights are kept).")
             (st.warning if result.status == "stopped" else st.success)(msg)
+            if result.status == "early-stopped":
+                st.caption(f"Early stopping ended the run and restored the weights of epoch {result.best_epoch} "
+                           "(ringed in the charts).")
             m = st.columns(4)
             m[0].metric("Best val accuracy", f"{best:.1%}")
             m[1].metric("Best epoch", result.best_epoch)
             last = result.history[-1]
             m[2].metric("Final train accuracy", f"{last['accuracy']:.1%}")
-            m[3].metric("Time", f"{result.timings.get('total_s', p.elapsed()):.0f} s")
+            m[3].metric("Time", format_seconds(result.timings.get("total_s", p.elapsed())))
             with st.expander("History per epoch"):
                 st.dataframe(result.history_frame(), hide_index=True, width="stretch")
             st.page_link("pages/5_compare.py", label="Next: compare dropout rates →", icon=":material/compare_arrows:")

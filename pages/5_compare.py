@@ -5,14 +5,18 @@ import streamlit as st
 
 from core import charts
 from core.config import ConfigError
-from core.experiments import BackgroundRun, DEFAULT_RATES, history_rows_frame, start_compare
+from core.experiments import (DEFAULT_RATES, RunBusy, busy_message, handle_for_run, history_rows_frame,
+                              latest_handle, open_store, reconcile, start_compare)
 
 st.title("Compare dropout")
 st.write("Train the same experiment once per dropout rate, on the same split with the same seed, and see "
-         "which rate generalises best. Press **Compare** to run the defaults.")
+         "which rate generalises best. Press **Compare** to run the defaults. Each rate's run is kept in **Runs**.")
 
 cfg = st.session_state.config
 data = st.session_state.get("data")
+workspace = st.session_state.get("workspace")
+if "compare" not in st.session_state:  # a refresh: reattach to this workspace's last comparison
+    st.session_state.compare = latest_handle(workspace, "compare")
 handle = st.session_state.get("compare")
 
 if "w_rates" not in st.session_state:
@@ -26,18 +30,23 @@ epochs = int(c2.number_input("Epochs per run", min_value=1, max_value=1000, step
 st.caption(f"Everything else as set on the other pages: {cfg.base}, weights **{cfg.weights_label()}**, "
            f"lock {cfg.freeze}, head {cfg.pooling} → {cfg.dense or 'no hidden layer'}, seed {cfg.seed}.")
 
-running = handle is not None and handle.running
+busy = reconcile(open_store(workspace))  # one job at a time per workspace
+running = bool(busy)
+if busy and (handle is None or busy[0].group != handle.group):
+    st.info(busy_message(busy[0]))
 if data is None:
     st.info("Choose a dataset first.")
     st.page_link("pages/1_data.py", label="Go to Data", icon=":material/folder_open:")
 
 if st.button("Compare", type="primary", disabled=data is None or running, key="compare_btn"):
     try:
-        st.session_state.compare = handle = start_compare(replace(cfg, epochs=epochs), data, text)
+        st.session_state.compare = handle = start_compare(replace(cfg, epochs=epochs), data, text, workspace=workspace)
         running = True
     except ConfigError as e:
         for p in e.problems:
             st.error(p)
+    except RunBusy as e:
+        st.error(str(e))
 
 
 @st.fragment(run_every=1.0 if running else None)
@@ -55,8 +64,8 @@ def live():
         frames.append(history_rows_frame(p.history, p.label))
         curves = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
         st.plotly_chart(charts.compare_figure(curves, "val_accuracy"), width="stretch", key="cmp_live")
-    elif st.session_state.get("_shown_compare") != id(h):
-        st.session_state._shown_compare = id(h)
+    elif st.session_state.get("_shown_compare") != (h.group, p.status):
+        st.session_state._shown_compare = (h.group, p.status)
         st.rerun()
 
 
@@ -65,7 +74,7 @@ live()
 if handle is not None and not handle.running:
     p = handle.snapshot()
     result = handle.result
-    if p.status == "error":
+    if p.status == "failed":
         st.error(f"The comparison failed: {p.message}")
     elif result is not None and result.runs:
         if result.stopped:
@@ -84,7 +93,7 @@ if handle is not None and not handle.running:
             st.success(f"Best: dropout **{rate:g}** with {best.best_val_accuracy:.1%} validation accuracy "
                        f"(epoch {best.best_epoch}); weights {best.config.weights_label()}.")
             if st.button(f"Use the dropout {rate:g} model for Evaluate & export", key="use_best"):
-                st.session_state.run = BackgroundRun.finished(best)
+                st.session_state.run = handle_for_run(handle.store_path, best.run_id)
                 st.session_state.config = replace(st.session_state.config, dropout=best.config.dropout)
                 st.switch_page("pages/6_evaluate.py")
     elif result is not None:

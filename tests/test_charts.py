@@ -27,6 +27,19 @@ def test_history_figure_empty_while_no_epoch_finished():
     assert fig.layout.title.text == "Loss"
 
 
+def test_history_figure_marks_the_best_epoch_and_phase_boundaries():
+    h = _history()
+    h["phase"] = ["head", "head", "fine-tune"]
+    fig = charts.history_figure(h, "accuracy", epochs=3, best_epoch=2, best_note="best epoch (weights kept)")
+    assert [t.name for t in fig.data] == ["train", "validation", "best epoch (weights kept)"]
+    assert (list(fig.data[2].x), list(fig.data[2].y)) == ([2], [0.6])  # ringed on the validation curve
+    lines = sorted(shape.x0 for shape in fig.layout.shapes)
+    assert lines == [2, 2.5]  # the best epoch, and the boundary before the first fine-tune epoch
+    assert [a.text for a in fig.layout.annotations] == ["fine-tune"]
+    assert charts.phase_boundaries(_history()) == []
+    assert len(charts.history_figure(h, "loss", best_epoch=9).data) == 2  # an epoch not shown is not marked
+
+
 def test_compare_figure_one_line_per_run():
     a, b = _history(), _history()
     a["run"], b["run"] = "dropout 0", "dropout 0.5"

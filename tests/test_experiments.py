@@ -1,12 +1,10 @@
 """core.experiments: background runs, progress records, dropout comparison, plans."""
-import threading
 import time
 
 import pytest
 
 from core.config import ConfigError, ExperimentConfig
-from core.experiments import (BackgroundRun, CompareResult, Progress, ProgressListener, compare_curves,
-                              compare_table, experiment_lines, parse_rates)
+from core.experiments import CompareResult, compare_curves, compare_table, experiment_lines, parse_rates
 from core.train import EpochEvent, BatchEvent, RunResult, TrainPlan
 
 TINY = dict(base="mobilenet", alpha=0.25, image_size=32, weights="none", dense=[16], epochs=2, batch_size=16)
@@ -74,56 +72,127 @@ def test_compare_table_and_curves():
     assert CompareResult([0.0, 0.5], runs).best().config.dropout == 0.5
 
 
-# -- the progress record and the background handle ------------------------------------------------
+# -- the progress a page reads from the store, driven by hand ----------------------------------------
 
-def test_progress_listener_driven_by_hand():
-    p, lock = Progress(), threading.Lock()
-    listener = ProgressListener(p, lock)
-    cfg = ExperimentConfig(epochs=4)
-    listener.on_train_begin(TrainPlan("r", cfg, "features", 4, 10, 2, ["a", "b"], {}))
-    listener.on_batch_end(BatchEvent("r", "features", 0, 1, 2))
-    assert p.status == "features" and "computing base features" in p.text()
-    assert 0 < p.fraction() < 0.1
-    listener.on_batch_end(BatchEvent("r", "train", 1, 1, 2))
-    listener.on_epoch_end(EpochEvent("r", "train", 1, 4, {"epoch": 1, "loss": 0.5, "val_accuracy": 0.6}))
-    listener.on_epoch_end(EpochEvent("r", "train", 2, 4, {"epoch": 2, "loss": 0.4, "val_accuracy": 0.7}))
-    assert p.status == "training" and len(p.history) == 2
-    assert p.fraction() == pytest.approx(0.1 + 0.9 * 2.5 / 4)
-    assert "epoch 3/4" in p.text()
+def _ws(tmp_path):
+    from types import SimpleNamespace
+
+    ws = SimpleNamespace(runs_dir=tmp_path / "runs", store_path=tmp_path / "runs.sqlite")
+    ws.runs_dir.mkdir(exist_ok=True)
+    return ws
 
 
-def test_background_run_keeps_result_and_stops():
-    started = threading.Event()
+def _compare_job(store, rates=(0.0, 0.5), epochs=4):
+    import os
 
-    def target(listeners, stop):
-        started.set()
-        while not stop.is_set():
-            time.sleep(0.01)
-        return "partial"
-
-    run = BackgroundRun(target).start()
-    assert started.wait(5) and run.running
-    run.request_stop()
-    assert run.join(5)
-    assert run.result == "partial" and run.snapshot().status == "stopped" and not run.running
+    ids = [store.create(ExperimentConfig(weights="none", dropout=r, epochs=epochs).to_json(), kind="compare",
+                        label=f"dropout {r:g}", group="job1", run_id=f"job1-{i + 1}", epochs=epochs)
+           for i, r in enumerate(rates)]
+    for rid in ids:
+        store.set_pid(rid, os.getpid())  # "alive": this process
+    return ids
 
 
-def test_background_run_reports_errors_as_text():
-    def target(listeners, stop):
-        raise ConfigError("dropout: Expected a rate with 0 <= rate < 1. Received: 1.0")
+def test_progress_from_the_store_driven_by_hand(tmp_path):
+    from core.experiments import RunHandle, open_store
+    from core.worker import StoreListener
 
-    run = BackgroundRun(target).start()
-    run.join(5)
-    p = run.snapshot()
-    assert p.status == "error" and "Received: 1.0" in p.message and run.result is None
+    ws = _ws(tmp_path)
+    store = open_store(ws)
+    a, b = _compare_job(store)
+    handle = RunHandle(store.path, "job1", "compare")
+    p = handle.snapshot()
+    assert p.status == "queued" and "starting the training process" in p.text() and p.fraction() == 0.0
+    store.start(a)
+    now = [0.0]
+    listener = StoreListener(store, a, clock=lambda: now[0], every=0.0)
+    listener.on_train_begin(TrainPlan(a, ExperimentConfig(epochs=4), "features", 4, 10, 2, ["x", "y"], {}))
+    now[0] += 1
+    listener.on_batch_end(BatchEvent(a, "features", 0, 1, 2))
+    p = handle.snapshot()
+    assert p.phase == "features" and "Run 1/2 (dropout 0): computing base features once, batch 1/2" in p.text()
+    assert 0 < p.fraction() < 0.1 / 2
+    for epoch in (1, 2):
+        now[0] += 1
+        listener.on_epoch_end(EpochEvent(a, "train", epoch, 4, {"epoch": epoch, "loss": 0.5, "val_accuracy": 0.5 + epoch / 10,
+                                                                 "lr": 1e-4}))
+    now[0] += 1
+    listener.on_batch_end(BatchEvent(a, "train", 3, 1, 2))
+    p = handle.snapshot()
+    assert p.active and handle.running
+    assert p.epoch == 2 and p.lr == pytest.approx(1e-4) and p.best_epoch == 2
+    assert "epoch 3/4, batch 1/2 · about" in p.text()
+    assert p.fraction() == pytest.approx((0.1 + 0.9 * 2.5 / 4) / 2)
+    handle.request_stop()
+    assert "stopping at the next batch" in handle.snapshot().text()
+    store.finish(a, "stopped", outcome="stopped")
+    store.finish(b, "stopped", outcome="stopped")
+    p = handle.snapshot()
+    assert p.status == "stopped" and p.message == "1 of 2 run(s) compared" and not handle.running
+    result = handle.result
+    assert result.stopped and [r.run_id for r in result.runs] == [a]
+    assert result.table()["dropout"].tolist() == [0.0] and result.best().best_epoch == 2
 
 
-def test_experiment_lines_labels_from_scratch():
-    result = _result(0.2, [0.9], [0.8])
-    lines = dict(experiment_lines(ExperimentConfig(weights="none"), None, None, BackgroundRun.finished(result)))
+def test_a_dead_worker_is_noticed_and_its_run_marked_failed(tmp_path):
+    from core.experiments import RunHandle, check_idle, open_store
+
+    ws = _ws(tmp_path)
+    store = open_store(ws)
+    rid = store.create(ExperimentConfig(weights="none").to_json(), label="lost", epochs=3)
+    store.start(rid, pid=2 ** 22 + 12345)  # no such process
+    store.add_epoch(rid, {"epoch": 1, "loss": 0.9, "val_accuracy": 0.4})
+    check_idle(ws)  # noticed here: not busy any more
+    rec = store.get(rid)
+    assert rec.status == "failed" and "the training process is gone" in rec.error and len(rec.history) == 1
+    p = RunHandle(store.path, rec.group).snapshot()
+    assert p.status == "failed" and "Failed: the training process is gone" in p.text()
+
+
+def test_experiment_lines_labels_from_scratch(tmp_path):
+    from core.experiments import RunHandle, open_store
+
+    store = open_store(_ws(tmp_path))
+    rid = store.create(ExperimentConfig(weights="none", dropout=0.2).to_json(), epochs=1)
+    store.start(rid)
+    store.add_epoch(rid, {"epoch": 1, "loss": 0.5, "accuracy": 0.9, "val_loss": 0.6, "val_accuracy": 0.8})
+    store.finish(rid, "finished", outcome="completed")
+    lines = dict(experiment_lines(ExperimentConfig(weights="none"), None, None, RunHandle(store.path, rid)))
     assert lines["Dataset"] == "not chosen yet"
     assert "weights none (from scratch)" in lines["Base"]
     assert lines["Last run"].startswith("none (from scratch): completed after 1 epoch(s)")
+
+
+def test_runs_view_filter_sort_curves_delete(tmp_path):
+    from core.experiments import delete_runs, filter_runs, open_store, runs_curves, runs_table
+
+    ws = _ws(tmp_path)
+    store = open_store(ws)
+    ids = []
+    for i, (label, va) in enumerate((("dropout 0", 0.6), ("dropout 0.5", 0.9), ("broken", None))):
+        run_dir = ws.runs_dir / f"r{i}"
+        run_dir.mkdir()
+        rid = store.create(ExperimentConfig(weights="none").to_json(), label=label, run_dir=run_dir, epochs=2)
+        store.start(rid)
+        if va is not None:
+            store.add_epoch(rid, {"epoch": 1, "loss": 0.5, "accuracy": 0.7, "val_loss": 0.6, "val_accuracy": va})
+            store.finish(rid, "finished", outcome="completed")
+        else:
+            store.finish(rid, "failed", error="unexpected error: boom")
+        ids.append(rid)
+    recs = store.list(history=True)
+    assert [r.label for r in filter_runs(recs)] == ["dropout 0.5", "dropout 0", "broken"]
+    assert [r.label for r in filter_runs(recs, sort="newest")] == ["broken", "dropout 0.5", "dropout 0"]
+    assert [r.label for r in filter_runs(recs, "DROPOUT 0.5")] == ["dropout 0.5"]
+    assert [r.label for r in filter_runs(recs, "boom")] == ["broken"]
+    assert [r.label for r in filter_runs(recs, statuses=["failed"])] == ["broken"]
+    table = runs_table(filter_runs(recs))
+    assert table["best val accuracy"].tolist()[:2] == [0.9, 0.6] and table["status"].tolist()[2] == "failed"
+    assert table["epochs"].tolist() == ["1/2", "1/2", "0/2"]
+    curves = runs_curves(recs)
+    assert len(curves) == 2 and curves["run"].nunique() == 2
+    assert delete_runs(ws, ids[:2]) == (2, [])
+    assert [r.label for r in store.list()] == ["broken"] and not (ws.runs_dir / "r0").exists()
 
 
 # -- with TensorFlow: tiny real runs ----------------------------------------------------------------
@@ -147,35 +216,49 @@ def test_lock_param_counts_match_the_built_model():
     assert all(layer.trainable for layer in base.layers)
 
 
-def test_start_training_runs_in_background_and_saves(sample):
-    from pathlib import Path
+def test_stop_in_a_worker_keeps_finished_epochs_and_the_model(sample, tmp_path):
+    import numpy as np
 
     from core.experiments import start_training
+    from core.runstore import RunStore
 
-    run = start_training(ExperimentConfig(**TINY), sample)
-    assert run.join(120)
+    ws = _ws(tmp_path)
+    run = start_training(ExperimentConfig(**{**TINY, "epochs": 200, "batch_size": 8}), sample, workspace=ws)
+    deadline = time.time() + 180
+    while time.time() < deadline and run.snapshot().epoch < 1:
+        time.sleep(0.2)
+    run.request_stop()
+    assert run.join(60)
     p = run.snapshot()
-    assert p.status == "done", p.message
-    assert len(p.history) == 2 and p.fraction() == 1.0
+    assert p.status == "stopped", p.message
     result = run.result
+    assert result.status == "stopped" and 1 <= len(result.history) < 200
+    assert RunStore(ws.store_path).get(result.run_id).status == "stopped"
     assert result.config.weights_label() == "none (from scratch)"
-    assert (Path(result.run_dir) / "model.keras").is_file()
+    assert result.model_file is not None and result.class_names == sample.class_names
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    assert result.model.predict(x, verbose=0).shape == (2, 3)
+    assert result.data.validation.paths == sample.validation.paths
 
 
-def test_start_training_refuses_bad_config_before_any_thread(sample):
+def test_start_training_refuses_bad_config_before_any_process(sample):
     from core.experiments import start_training
 
     with pytest.raises(ConfigError, match="dropout: Expected"):
         start_training(ExperimentConfig(**{**TINY, "dropout": 1.0}), sample)
 
 
-def test_compare_same_split_and_seed(sample):
+def test_compare_same_split_and_seed(sample, tmp_path):
     from core.experiments import start_compare
+    from core.runstore import RunStore
 
-    run = start_compare(ExperimentConfig(**{**TINY, "epochs": 1}), sample, "0, 0.5")
+    ws = _ws(tmp_path)
+    run = start_compare(ExperimentConfig(**{**TINY, "epochs": 1}), sample, "0, 0.5", workspace=ws)
     assert run.join(180)
     result = run.result
-    assert run.snapshot().status == "done"
+    assert run.snapshot().status == "finished", run.snapshot().message
     assert [r.config.dropout for r in result.runs] == [0.0, 0.5]
     assert {r.config.seed for r in result.runs} == {0}
-    assert len(result.table()) == 2 and len(run.snapshot().finished) == 2
+    assert len(result.table()) == 2 and len(run.snapshot().finished) == 1
+    rows = RunStore(ws.store_path).list(kind="compare", history=True)
+    assert sorted(r.label for r in rows) == ["dropout 0", "dropout 0.5"] and all(len(r.history) == 1 for r in rows)

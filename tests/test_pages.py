@@ -193,21 +193,7 @@ def test_head_defaults_and_augmentation_preview(sample):
 
 # -- Train, compare, evaluate --------------------------------------------------------------------------
 
-def test_train_page_trains_in_background_and_shows_result(sample):
-    at = app(data=sample, config=ExperimentConfig(**TINY))
-    at.run()
-    at.switch_page("pages/4_train.py").run()
-    assert not at.exception
-    at.button(key="train").click().run()
-    assert not at.exception
-    run = at.session_state.run
-    assert run.join(180)
-    at.run()
-    assert not at.exception
-    ok = texts(at.success)
-    assert "Run **completed** after 2 epoch(s) with weights **none (from scratch)**" in ok
-    assert len(at.session_state.run.result.history) == 2
-    assert [m.label for m in at.metric] == ["Best val accuracy", "Best epoch", "Final train accuracy", "Time"]
+# The Train page's tests: tests/test_page_train.py
 
 
 def test_compare_page_table_and_bad_rates(sample):

@@ -1,0 +1,235 @@
+"""The training worker: one process per job (a run, or a comparison's runs in turn).
+
+The app starts :func:`run_job` in a process of the ``spawn`` context with
+paths and JSON only (the store's path, each run's config and folder, the data
+split written as ``data.json``): no arrays, no Keras state, no seeds cross
+over, and every byte the run used goes back to the system when the process
+ends. Progress goes into the run store (:class:`StoreListener`); Stop is a
+flag in the store that :class:`StoreStopFlag` reads at each batch.
+
+Nothing here imports TensorFlow at module level; :func:`core.train.train` does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from core.runstore import RunStore
+from core.train import StopFlag, TrainingListener
+
+PROGRESS_EVERY_S = 0.25  # at most this often a batch is written to the store (the last one always)
+STOP_POLL_S = 0.05
+
+
+# -- the data split as paths ---------------------------------------------------------------------
+
+def data_spec(data) -> dict:
+    """A DataSplits as JSON-able paths and labels (what a worker needs to rebuild it)."""
+    def part(ds):
+        return None if ds is None else {"paths": list(ds.paths), "labels": [int(y) for y in ds.labels]}
+
+    return {"root": str(data.root), "class_names": list(data.class_names), "layout": getattr(data, "layout", "classes"),
+            "source": getattr(data, "source", ""), "train": part(data.train), "validation": part(data.validation),
+            "test": part(getattr(data, "test", None))}
+
+
+def data_from_spec(spec: dict):
+    from core.data import DataSplits, ImageDataset
+
+    names = list(spec["class_names"])
+
+    def part(p):
+        return None if p is None else ImageDataset(list(p["paths"]), np.asarray(p["labels"], np.int32), names)
+
+    return DataSplits(root=spec["root"], class_names=names, train=part(spec["train"]),
+                      validation=part(spec["validation"]), test=part(spec.get("test")),
+                      layout=spec.get("layout", "classes"), source=spec.get("source", ""))
+
+
+def write_data_spec(data, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data_spec(data)), encoding="utf-8")
+    return path
+
+
+# -- progress into the store, stop out of it --------------------------------------------------------
+
+class StoreStopFlag(StopFlag):
+    """A StopFlag that is also set by a stop request in the run store (checked at most every 50 ms)."""
+
+    def __init__(self, store: RunStore, run_id: str, every: float = STOP_POLL_S):
+        super().__init__()
+        self.store, self.run_id, self.every = store, run_id, every
+        self._checked = 0.0
+
+    def is_set(self) -> bool:
+        if super().is_set():
+            return True
+        now = time.monotonic()
+        if now - self._checked >= self.every:
+            self._checked = now
+            if self.store.stop_requested(self.run_id):
+                self.set()
+        return super().is_set()
+
+
+class StoreListener(TrainingListener):
+    """Writes a run's progress into the store: each epoch as it ends, the latest batch (throttled) with an ETA.
+
+    Reads ``phase`` and ``lr`` from the events when they carry them (``getattr``
+    with defaults), else from the epoch's logs.
+    """
+
+    def __init__(self, store: RunStore, run_id: str, clock=time.monotonic, every: float = PROGRESS_EVERY_S):
+        self.store, self.run_id, self.clock, self.every = store, run_id, clock, every
+        self.epochs = 0
+        self.path = ""
+        self.lr = None
+        self.epochs_done = 0
+        self.warnings: list[str] = []
+        self._written = -1e9
+        self._mark = None  # when the current epoch (or the features pass) began
+        self._phase = None
+        self._last = 0.0
+        self._first = None
+        self._durations: list[float] = []
+
+    def _progress(self, **kw) -> dict:
+        return {"path": self.path, "epochs": self.epochs, "epochs_done": self.epochs_done, "lr": self.lr, **kw}
+
+    def on_train_begin(self, plan) -> None:
+        self.epochs = int(getattr(plan, "epochs", 0) or 0)
+        self.path = getattr(plan, "path", "")
+        self.lr = getattr(plan, "lr", None) or getattr(getattr(plan, "config", None), "lr", None)
+        self.warnings = list(getattr(plan, "warnings", []) or [])
+        self._mark = self.clock()
+        self.store.set_progress(self.run_id, self._progress(phase="starting", epoch=0, batch=0, batches=0, eta_s=None),
+                                epochs=self.epochs)
+
+    def on_batch_end(self, event) -> None:
+        now = self.clock()
+        if self._mark is None:
+            self._mark = now
+        phase, batch, batches = event.phase, int(event.batch), int(event.batches or 0)
+        lr = getattr(event, "lr", None)
+        if lr is not None:
+            self.lr = float(lr)
+        if self._phase == "features" and phase != "features":
+            self._mark = self._last  # the first epoch began when the features pass ended
+        if batch == 1 or self._first is None:
+            self._first = now  # the first batch of a pass also pays for tracing: time the others
+        self._phase, self._last = phase, now
+        eta = self.eta(phase, int(event.epoch or 0), batch, batches, now)
+        if batch >= batches or now - self._written >= self.every:
+            self._written = now
+            self.store.set_progress(self.run_id, self._progress(phase=phase, epoch=int(event.epoch or 0), batch=batch,
+                                                                batches=batches, eta_s=eta))
+
+    def eta(self, phase: str, epoch: int, batch: int, batches: int, now: float) -> float | None:
+        """Seconds left: of the features pass while in it, else of this epoch plus the epochs to come."""
+        if not batch or not batches or self._mark is None:
+            return None
+        if batch > 1 and self._first is not None:
+            per_batch = max(0.0, now - self._first) / (batch - 1)
+        else:
+            per_batch = max(0.0, now - self._mark) / batch
+        rest = per_batch * (batches - batch)
+        if phase == "features":
+            return rest
+        per_epoch = self._per_epoch() or per_batch * batches
+        return rest + per_epoch * max(0, self.epochs - max(epoch, self.epochs_done + 1))
+
+    def on_epoch_end(self, event) -> None:
+        now = self.clock()
+        logs = dict(getattr(event, "logs", {}) or {})
+        row = {"epoch": int(logs.get("epoch", event.epoch)),
+               "phase": logs.get("phase") or getattr(event, "phase", "") or "",
+               "lr": logs.get("lr", getattr(event, "lr", None))}
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
+            row[k] = logs.get(k)
+        if row["lr"] is not None:
+            self.lr = float(row["lr"])
+        if self._mark is not None:
+            self._durations.append(now - self._mark)
+        self._mark = now
+        self.epochs = max(self.epochs, int(getattr(event, "epochs", 0) or 0))
+        self.epochs_done = row["epoch"]
+        self.store.add_epoch(self.run_id, row, epochs=self.epochs)
+        self._written = now
+        self.store.set_progress(self.run_id, self._progress(phase=row["phase"], epoch=row["epoch"], batch=0,
+                                                            batches=0, eta_s=self._eta_after_epoch()))
+
+    def _per_epoch(self) -> float | None:
+        """Mean of the last epochs' durations (the first, which also traced the graph, only when alone)."""
+        recent = self._durations[1:][-3:] or self._durations[-1:]
+        return sum(recent) / len(recent) if recent else None
+
+    def _eta_after_epoch(self) -> float | None:
+        per = self._per_epoch()
+        return None if per is None else per * max(0, self.epochs - self.epochs_done)
+
+
+# -- the process ----------------------------------------------------------------------------------------
+
+def error_text(e: BaseException) -> str:
+    """A failure in words: our own errors as they are, anything else with its type."""
+    from core.config import ConfigError
+
+    names = {"WeightsError", "DataError", "ModelFileError"}
+    if isinstance(e, (ConfigError, ValueError)) or type(e).__name__ in names:
+        return str(e)
+    tb = traceback.format_exception_only(type(e), e)[-1].strip()
+    return f"unexpected error: {tb[:500]}"
+
+
+def run_job(store_path: str, job: dict) -> None:
+    """Train each run of ``job`` in turn, writing everything into the store at ``store_path``.
+
+    ``job``: ``{"data": path of data.json, "runs": [{"id", "config" (JSON), "run_dir"}, …]}``.
+    A failure marks that run failed with its error and the job's later runs as not run.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from core.config import ExperimentConfig
+
+    store = RunStore(store_path)
+    runs = job["runs"]
+    try:
+        data = data_from_spec(json.loads(Path(job["data"]).read_text(encoding="utf-8")))
+    except Exception as e:  # the files moved or the spec is damaged
+        for r in runs:
+            store.finish(r["id"], "failed", error=f"data: cannot read the split: {error_text(e)}")
+        return
+    failed = ""
+    for r in runs:
+        rid = r["id"]
+        stop = StoreStopFlag(store, rid)
+        if failed:
+            store.finish(rid, "failed", error=f"not run: {failed}")
+            continue
+        if stop.is_set():
+            store.finish(rid, "stopped", outcome="stopped", error="")
+            continue
+        store.start(rid, os.getpid())
+        listener = StoreListener(store, rid)
+        try:
+            from core.train import train
+
+            result = train(ExperimentConfig.from_json(r["config"]), data, listeners=[listener], stop=stop,
+                           run_dir=r["run_dir"])
+        except Exception as e:
+            failed = f"an earlier run failed ({error_text(e)[:200]})"
+            store.finish(rid, "failed", error=error_text(e))
+            continue
+        done = listener._progress(phase="done", epoch=len(result.history), batch=0, batches=0, eta_s=0.0)
+        done.update(timings={k: round(float(v), 3) for k, v in result.timings.items()}, params=result.params,
+                    warnings=listener.warnings)
+        store.set_progress(rid, done)
+        store.finish(rid, "stopped" if result.status == "stopped" else "finished", outcome=result.status,
+                     best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
+        del result

@@ -144,7 +144,7 @@ def block_of(name: str) -> str:
     m = re.match(r"^conv_(?:dw|pw|pad)_(\d+)", name)  # MobileNet v1
     if m:
         return f"block_{m.group(1)}"
-    for pattern in (r"^(block_?\d+[a-z]?)", r"^(conv\d_block\d+)", r"^(mixed\d+)", r"^(conv\d)_",
+    for pattern in (r"^(block_?\d+[a-z]?)", r"^(conv\d_block\d+)", r"^(mixed\d+)", r"^(conv\d)(?:_|$)",
                     r"^(expanded_conv(?:_\d+)?)"):
         m = re.match(pattern, name)
         if m:

@@ -20,7 +20,7 @@ from core.config import ConfigError, ExperimentConfig
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         words = self.prog.split()
-        cmd = f"python -m core {words[-1]} --help" if words[-1] in ("train", "scan", "predict") else "python -m core --help"
+        cmd = f"python -m core {words[-1]} --help" if words[-1] in ("train", "scan", "predict", "evaluate", "export") else "python -m core --help"
         print(f"error: {message} (see: {cmd})", file=sys.stderr)
         raise SystemExit(2)
 
@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="a model.keras written by train")
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--top", type=int, default=1, help="rows per image, best first (default 1)")
+
+    ev = sub.add_parser("evaluate", help="score a run folder's model: per-class table, evaluation.json")
+    ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by train")
+    ev.add_argument("--data", help="score this folder or zip of class folders instead of the run's own "
+                                   "test (else validation) files listed in run.json")
+
+    ex = sub.add_parser("export", help="write model.keras, model.tflite, train.py into a run folder")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by train")
+    ex.add_argument("--format", default="keras,tflite,script",
+                    help="comma-separated: keras, tflite, script (default: all three)")
+    ex.add_argument("--quantize", action="store_true",
+                    help="also write model_quant.tflite (dynamic-range quantised, about 4x smaller)")
     return p
 
 
@@ -203,36 +215,55 @@ def cmd_predict(args) -> int:
         raise ConfigError(f"top: Expected an integer of at least 1. Received: {args.top}")
     _quiet_tensorflow()
     from core.export import load_model
-    from core.predict import predict_files
+    from core.predict import predict_files, write_predictions_csv
 
     model, class_names = load_model(args.model)
     preds, failures = predict_files(model, class_names, expand_images(args.images), top=args.top)
-    w = csv.writer(sys.stdout)
-    w.writerow(["path", "class", "probability"])
-    for p in preds:
-        for name, prob in p.top:
-            w.writerow([p.path, name, f"{prob:.6f}"])
+    write_predictions_csv(preds, sys.stdout)
     sys.stdout.flush()
     for path, reason in failures:
         print(f"error: {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
 
 
+def cmd_evaluate(args) -> int:
+    _quiet_tensorflow()
+    from core.evaluate import evaluate_run
+
+    ev, out = evaluate_run(args.run_dir, args.data)
+    print(f"{ev.split}: {len(ev.y_true)} images")
+    print(ev.table_text())
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from core.evaluate import export_run, human_size, parse_formats
+
+    formats = parse_formats(args.format)
+    _quiet_tensorflow()
+    for f in export_run(args.run_dir, formats, quantize=args.quantize):
+        print(f"{f.path}  {human_size(f.size)}  {f.note}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from core.bases import WeightsError
     from core.data import DataError
     from core.export import ModelFileError
+    from core.tflite import TFLiteError
 
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help(sys.stderr)
         return 2
     try:
-        return {"train": cmd_train, "scan": cmd_scan, "predict": cmd_predict}[args.command](args)
+        return {"train": cmd_train, "scan": cmd_scan, "predict": cmd_predict, "evaluate": cmd_evaluate,
+                "export": cmd_export}[args.command](args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (DataError, WeightsError, ModelFileError) as e:
+    except (DataError, WeightsError, ModelFileError, TFLiteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -77,20 +77,19 @@ def peak_rss_mb() -> float:
 
 def stage(name: str, folder: str) -> dict:
     """Run in a child process: one stage, its wall time and this process's peak RSS."""
-    from core.data import load_arrays, load_dataset
+    from core.data import files_under, load_arrays, load_dataset
 
     base = peak_rss_mb()
+    out = {"base_rss_mb": base}
     t0 = time.perf_counter()
-    data = load_dataset(folder, val_split=0.2)
-    t_scan = time.perf_counter() - t0
-    n = len(data.train) + len(data.validation)
-    out = {"images": n, "skipped": len(data.skipped), "scan_s": t_scan, "base_rss_mb": base}
-    if name == "arrays":
-        paths = data.train.paths + data.validation.paths
-        t0 = time.perf_counter()
+    if name == "scan":
+        data = load_dataset(folder, val_split=0.2)
+        out.update(images=len(data.train) + len(data.validation), skipped=len(data.skipped))
+    else:  # the files the scan keeps (all of them here), decoded as training reads them
+        paths = [str(p) for p in files_under(Path(folder))]
         x = load_arrays(paths, 224)
-        out["arrays_s"] = time.perf_counter() - t0
-        out["array_mb"] = x.nbytes / 2**20
+        out.update(images=len(paths), array_mb=x.nbytes / 2**20)
+    out["seconds"] = time.perf_counter() - t0
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -128,12 +127,13 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         s, a = results["scan"], results["arrays"]
-        print(f"scan (decode every file once, check, split): {s['images']:,} images in {s['scan_s']:.1f} s = "
-              f"{s['images'] / s['scan_s']:,.0f} images/s; peak RSS {s['peak_rss_mb']:,.0f} MB "
+        print(f"scan (decode every file once, check, split): {s['images']:,} images in {s['seconds']:.1f} s = "
+              f"{s['images'] / s['seconds']:,.0f} images/s; peak RSS {s['peak_rss_mb']:,.0f} MB "
               f"(Python + core imported: {s['base_rss_mb']:,.0f} MB)")
-        print(f"decode for training at 224 px (load_arrays): {a['images']:,} images in {a['arrays_s']:.1f} s = "
-              f"{a['images'] / a['arrays_s']:,.0f} images/s; array {a['array_mb']:,.0f} MB; "
+        print(f"decode for training at 224 px (load_arrays): {a['images']:,} images in {a['seconds']:.1f} s = "
+              f"{a['images'] / a['seconds']:,.0f} images/s; array {a['array_mb']:,.0f} MB; "
               f"peak RSS {a['peak_rss_mb']:,.0f} MB")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"peak RSS / full-resolution size: scan {s['peak_rss_mb'] * 2**20 / full:.3f}, "
               f"training arrays {a['peak_rss_mb'] * 2**20 / full:.3f}")
     finally:

@@ -80,6 +80,19 @@ def thumbnail_paths(data, per_class: int = 8, split: str = "train") -> dict[str,
     return out
 
 
+def thumbnail_items(data, per_class: int = 8, size: int = 96) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """(path, thumbnail) pairs per class, spread over the class; files that no longer decode are left out."""
+    out = {}
+    for name, paths in thumbnail_paths(data, per_class).items():
+        out[name] = []
+        for p in paths:
+            try:
+                out[name].append((p, decode_image(p, size)))
+            except ImageDecodeError:
+                continue
+    return out
+
+
 def preview_image(path: str, max_side: int = 768) -> np.ndarray:
     """One image, uncropped, at most ``max_side`` pixels on its long side (for an enlarged view)."""
     from PIL import Image

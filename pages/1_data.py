@@ -9,7 +9,7 @@ from core import charts, samples
 from core.data import (FOLDERS_ENV, PUBLIC_DATASETS, SAMPLE_IMAGE_SIZE, DataError, add_class_images,
                        check_server_folder, class_folder_counts, download_dataset, load_dataset,
                        make_sample_dataset, merge_zips, remove_class, server_folders)
-from core.images import ImageDecodeError, decode_image
+from core.images import ImageDecodeError
 from core.workspace import Workspace
 
 st.title("Data")
@@ -26,8 +26,8 @@ if "workspace" not in st.session_state:
 ws = st.session_state.workspace
 MAX_MB = int(st.get_option("server.maxUploadSize"))
 LIMIT = f"Up to {MAX_MB} MB per file (`server.maxUploadSize` in `.streamlit/config.toml`)."
-DATA_KEYS = ("data", "data_source", "data_path", "data_zip_name", "data_key", "data_error", "data_upload_id", "run",
-             "compare")
+DATA_KEYS = ("data", "data_source", "data_path", "data_zip_name", "data_key", "data_error", "data_upload_id",
+             "data_thumbs", "run", "compare")
 
 
 def load(path: str, name: str, zip_name: str | None = None) -> None:
@@ -240,12 +240,11 @@ else:
         fmt, w, h = data.file_info.get(path, (None, 0, 0))
         st.caption(f"{md(data.display(path))} · {fmt or '?'} · {w}×{h} px")
 
-    @st.cache_data(max_entries=8, show_spinner=False)
-    def _thumbs(fingerprint: str, _data) -> dict:
-        picked = samples.thumbnail_paths(_data, per_class=8)
-        return {name: [(p, decode_image(p, 96)) for p in paths] for name, paths in picked.items()}
-
-    for ci, (name, items) in enumerate(_thumbs(data.fingerprint(), data).items()):
+    # Kept in this session only (not st.cache_data, which every session shares): people's photos stay theirs.
+    fingerprint = data.fingerprint()
+    if st.session_state.get("data_thumbs", (None,))[0] != fingerprint:
+        st.session_state.data_thumbs = (fingerprint, samples.thumbnail_items(data, per_class=8, size=96))
+    for ci, (name, items) in enumerate(st.session_state.data_thumbs[1].items()):
         st.caption(f"{md(name)} ({data.train.counts()[name]} train)")
         grid = st.columns(8)
         for i, (path, img) in enumerate(items):

@@ -549,3 +549,19 @@ def test_any_member_names_stay_inside_the_unpack_folder(names):
             load_dataset(z, unpack_dir=out)
         except DataError:
             pass
+
+
+def test_thumbnails_spread_over_a_class_and_skip_files_gone_since(tmp_path):
+    from core import samples
+
+    root = write_colour_images(tmp_path / "d", per_class=20, classes=("red", "blue"))
+    d = load_dataset(root, val_split=0.2)
+    picked = samples.thumbnail_paths(d, per_class=4)
+    reds = [p for p, y in zip(d.train.paths, d.train.labels) if d.class_names[y] == "red"]
+    assert picked["red"] == [reds[0], reds[5], reds[10], reds[15]]
+    Path(picked["red"][1]).unlink()
+    items = samples.thumbnail_items(d, per_class=4, size=16)
+    assert [p for p, _ in items["red"]] == [reds[0], reds[10], reds[15]]
+    assert items["blue"][0][1].shape == (16, 16, 3)
+    big = samples.preview_image(picked["red"][0], max_side=20)
+    assert big.shape == (20, 20, 3)

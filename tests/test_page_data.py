@@ -94,7 +94,7 @@ def test_uploaded_zips_are_unpacked_in_the_workspace_and_delete_my_data_empties_
     at.button(key="delete_data").click().run()
     assert not at.exception
     assert not ws.exists()
-    assert "data" not in at.session_state and "run" not in at.session_state
+    assert not [k for k in ("data", "run", "data_thumbs") if k in at.session_state]
     assert at.session_state.workspace.id != ws.id
     assert at.query_params["ws"] == at.session_state.workspace.id
     assert "Deleted: your uploads" in texts(at.success)

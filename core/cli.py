@@ -20,7 +20,7 @@ from core.config import ConfigError, ExperimentConfig
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         words = self.prog.split()
-        cmd = f"python -m core {words[-1]} --help" if words[-1] in ("train", "scan", "predict", "evaluate", "export") else "python -m core --help"
+        cmd = f"python -m core {words[-1]} --help" if words[-1] in ("train", "continue", "scan", "predict", "evaluate", "export") else "python -m core --help"
         print(f"error: {message} (see: {cmd})", file=sys.stderr)
         raise SystemExit(2)
 
@@ -51,9 +51,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-split", type=float, help="validation fraction when the data has no validation/ (default 0.2)")
     t.add_argument("--test-split", type=float, help="fraction held out as a test split when the data has no test/ (default 0)")
     t.add_argument("--class-weights", action="store_true", default=None, help="weight classes by inverse frequency")
-    t.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val_loss (default off)")
+    t.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="end a phase after PATIENCE epochs without a better --monitor value (default off)")
+    t.add_argument("--monitor", help="val_loss (default) or val_accuracy: picks the best epoch, whose weights are "
+                                     "kept, and drives --early-stopping")
+    t.add_argument("--fine-tune", type=int, metavar="N", dest="fine_tune",
+                   help="after the head phase, unlock the top N base layers (BatchNorm stays locked unless "
+                        "--train-batchnorm) and train on at a lower learning rate (default 0: no fine-tuning)")
+    t.add_argument("--fine-tune-epochs", type=int, metavar="E", help="epochs of the fine-tuning phase (default 10)")
+    t.add_argument("--fine-tune-lr", type=float, metavar="LR", help="learning rate of the fine-tuning phase (default --lr / 10)")
     t.add_argument("--seed", type=int, help="seeds the split, the weights and the shuffling (default 0)")
-    t.add_argument("--quiet", action="store_true", help="print only the summary")
+    _add_run_flags(t)
+
+    c = sub.add_parser("continue", help="train a finished or stopped run further (more epochs or fine-tuning), in its folder")
+    c.add_argument("run", help="a run folder written by train (model.keras, config.json, history.csv, run.json)")
+    c.add_argument("--epochs", type=int, default=0, help="more epochs of the run's last phase (default 0)")
+    c.add_argument("--fine-tune", type=int, metavar="N", dest="fine_tune", help="then unlock the top N base layers and fine-tune")
+    c.add_argument("--fine-tune-epochs", type=int, metavar="E", help="epochs of that fine-tuning (default: the config's)")
+    c.add_argument("--fine-tune-lr", type=float, metavar="LR", help="its learning rate (default: the config's, lr / 10)")
+    _add_run_flags(c)
 
     sc = sub.add_parser("scan", help="check a dataset: usable images per class, skipped files and why")
     sc.add_argument("path", help="folder or .zip with class folders, or train/ + validation/")
@@ -81,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_run_flags(p) -> None:
+    from core.train import STRATEGIES
+
+    p.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                   help="tf.distribute strategy: auto (default: MultiWorkerMirrored when TF_CONFIG names several "
+                        "workers, Mirrored when several GPUs are visible, else one device), default, mirrored, multi-worker")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+
+
 def config_from_args(args) -> ExperimentConfig:
     """Defaults, then the --config file, then the flags given."""
     cfg = ExperimentConfig.load(args.config).to_dict() if args.config else ExperimentConfig().to_dict()
@@ -90,7 +115,8 @@ def config_from_args(args) -> ExperimentConfig:
         "augment": args.augment, "optimizer": args.optimizer, "lr": args.lr, "epochs": args.epochs,
         "batch_size": args.batch_size, "val_split": args.val_split, "early_stopping": args.early_stopping,
         "test_split": args.test_split, "class_weights": args.class_weights,
-        "seed": args.seed,
+        "seed": args.seed, "monitor": args.monitor, "fine_tune_layers": args.fine_tune,
+        "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_lr": args.fine_tune_lr,
     }
     cfg.update({k: v for k, v in flags.items() if v is not None})
     if args.dense is not None:
@@ -133,23 +159,66 @@ def cmd_train(args) -> int:
     print(f"data: {data.summary()} ({', '.join(data.class_names)})", file=err)
     print_data_issues(data, err)
 
-    from core.train import StopFlag, TrainingListener, train
+    from core.train import make_strategy, train
+
+    strategy = make_strategy(args.strategy)
+    result = _with_ctrl_c(lambda stop: train(config, data, listeners=[_Printer(args.quiet)], stop=stop,
+                                             run_dir=args.out, strategy=strategy))
+    return _summary(result, args.out)
+
+
+def cmd_continue(args) -> int:
+    _quiet_tensorflow()
+    from core.train import continue_run, make_strategy
+
+    strategy = make_strategy(args.strategy)
+    result = _with_ctrl_c(lambda stop: continue_run(
+        args.run, epochs=args.epochs, fine_tune_layers=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_lr=args.fine_tune_lr, listeners=[_Printer(args.quiet)], stop=stop, strategy=strategy))
+    return _summary(result, args.run)
+
+
+def _printer_class():
+    from core.train import TrainingListener
 
     class Printer(TrainingListener):
+        def __init__(self, quiet: bool):
+            self.quiet = quiet
+
         def on_train_begin(self, plan):
-            if not args.quiet:
+            err = sys.stderr
+            if not self.quiet:
+                config = plan.config
                 how = "base features once, then the head" if plan.path == "features" else "the whole model each epoch"
                 print(f"training {config.base} ({config.weights_label()}), {plan.params['trainable']:,} trainable / "
                       f"{plan.params['locked']:,} locked parameters; {how}", file=err)
+                if len(plan.phases) > 1 or plan.initial_epoch:
+                    print("phases: " + "; ".join(
+                        f"{p['phase']} epochs {p['first_epoch']}-{p['last_epoch']} at lr {p['lr']:g}"
+                        + (f" (top {p['unlock_top']} base layers unlocked)" if p.get("unlock_top") else "")
+                        for p in plan.phases), file=err)
             for w in plan.warnings:
                 print(f"warning: {w}", file=err)
 
         def on_epoch_end(self, e):
-            if not args.quiet:
+            if not self.quiet:
                 lg = e.logs
-                print(f"epoch {e.epoch}/{e.epochs}  loss {lg['loss']:.4f}  accuracy {lg['accuracy']:.4f}  "
-                      f"val_loss {lg['val_loss']:.4f}  val_accuracy {lg['val_accuracy']:.4f}  ({lg['seconds']:.1f}s)", file=err)
+                print(f"epoch {e.epoch}/{e.epochs} [{e.phase}]  loss {lg['loss']:.4f}  accuracy {lg['accuracy']:.4f}  "
+                      f"val_loss {lg['val_loss']:.4f}  val_accuracy {lg['val_accuracy']:.4f}  lr {lg['lr']:g}  "
+                      f"({lg['seconds']:.1f}s)", file=sys.stderr)
 
+    return Printer
+
+
+def _Printer(quiet: bool):
+    return _printer_class()(quiet)
+
+
+def _with_ctrl_c(run):
+    """Run ``run(stop)``; the first Ctrl-C stops at the next batch (finished epochs kept), a second quits."""
+    from core.train import StopFlag
+
+    err = sys.stderr
     stop = StopFlag()
 
     def on_sigint(signum, frame):
@@ -160,16 +229,18 @@ def cmd_train(args) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = train(config, data, listeners=[Printer()], stop=stop, run_dir=args.out)
-    except WeightsError:
-        raise
+        return run(stop)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _summary(result, out) -> int:
+    err = sys.stderr
     if result.best_epoch is None:
-        print(f"error: run {result.status} before an epoch finished; nothing to save but {args.out}/run.json", file=err)
+        print(f"error: run {result.status} before an epoch finished; nothing to save but {out}/run.json", file=err)
         return 1
-    print(f"{result.status}: best val_accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
-          f"saved {Path(args.out) / 'model.keras'}", file=err)
+    print(f"{result.status}: kept epoch {result.best_epoch} (best {result.monitor} {result.best_value:.4f}), "
+          f"val_accuracy {result.best_val_accuracy:.4f}; saved {Path(out) / 'model.keras'}", file=err)
     return 0
 
 
@@ -258,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help(sys.stderr)
         return 2
     try:
-        return {"train": cmd_train, "scan": cmd_scan, "predict": cmd_predict, "evaluate": cmd_evaluate,
+        return {"train": cmd_train, "continue": cmd_continue, "scan": cmd_scan, "predict": cmd_predict,
+                "evaluate": cmd_evaluate,
                 "export": cmd_export}[args.command](args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

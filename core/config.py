@@ -12,6 +12,7 @@ from pathlib import Path
 POOLINGS = ("gap", "flatten")
 AUGMENTS = ("none", "default")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
+MONITORS = ("val_loss", "val_accuracy")  # what picks the best epoch (kept weights) and early stopping
 
 # A Flatten head on a large feature map multiplies H*W*C by the units of the
 # first dense layer; past this many head parameters we refuse and suggest GAP.
@@ -46,8 +47,23 @@ class ExperimentConfig:
     val_split: float = 0.2
     test_split: float = 0.0  # fraction held out for a final score when the data has no test/ folder
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
-    early_stopping: int = 0  # patience in epochs on val_loss; 0 is off
+    early_stopping: int = 0  # patience in epochs on the monitored metric; 0 is off
+    monitor: str = "val_loss"  # the best epoch (whose weights are kept) and early stopping watch this
     seed: int = 0
+    # Two-phase fine-tuning: after the head phase (``epochs``), unlock the top
+    # ``fine_tune_layers`` layers of the base (BatchNorm stays locked unless
+    # train_batchnorm) and train ``fine_tune_epochs`` more at ``fine_tune_lr``
+    # (None: lr / 10). 0 layers: no second phase.
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_lr: float | None = None
+
+    def resolved_fine_tune_lr(self) -> float:
+        return float(self.fine_tune_lr) if self.fine_tune_lr is not None else float(self.lr) / 10
+
+    def fine_tunes(self) -> bool:
+        """Whether a second, fine-tuning phase follows the head phase."""
+        return bool(self.fine_tune_layers) and bool(self.fine_tune_epochs)
 
     # -- derived -------------------------------------------------------------
     def resolved_image_size(self) -> int:
@@ -138,6 +154,14 @@ class ExperimentConfig:
             bad("class_weights", "true or false", self.class_weights)
         if not _is_int(self.early_stopping) or self.early_stopping < 0:
             bad("early_stopping", "a patience of 0 (off) or more epochs", self.early_stopping)
+        if not isinstance(self.monitor, str) or self.monitor not in MONITORS:
+            bad("monitor", f"one of {', '.join(MONITORS)}", self.monitor)
+        if not _is_int(self.fine_tune_layers) or not 0 <= self.fine_tune_layers <= 10_000:
+            bad("fine_tune_layers", "0 (no fine-tuning) or the number of top base layers to unlock", self.fine_tune_layers)
+        if not _is_int(self.fine_tune_epochs) or not 0 <= self.fine_tune_epochs <= 1000:
+            bad("fine_tune_epochs", "an integer from 0 to 1000", self.fine_tune_epochs)
+        if self.fine_tune_lr is not None and (not _is_number(self.fine_tune_lr) or not 0 < self.fine_tune_lr <= 10):
+            bad("fine_tune_lr", "a learning rate with 0 < lr <= 10, or null for lr / 10", self.fine_tune_lr)
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             bad("seed", "an integer with 0 <= seed < 2**32", self.seed)
         if not isinstance(self.train_batchnorm, bool):

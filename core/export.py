@@ -96,6 +96,9 @@ def save_run(result, run_dir: str | Path) -> Path:
         "params": result.params,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "model_file": "model.keras" if result.model is not None else None,
+        "monitor": getattr(result, "monitor", None),
+        "best_value": getattr(result, "best_value", None),
+        "phases": getattr(result, "phases", []),
     }
     if data is not None:
         info.update({
@@ -104,6 +107,8 @@ def save_run(result, run_dir: str | Path) -> Path:
             "train_files": _relative(data.train.paths, data.root),
             "validation_files": _relative(data.validation.paths, data.root),
             "test_files": _relative(data.test.paths, data.root) if data.test is not None else None,
+            "train_labels": [int(y) for y in data.train.labels],
+            "validation_labels": [int(y) for y in data.validation.labels],
             "skipped": [{"path": s.path, "reason": s.reason} for s in data.skipped],
         })
     (run_dir / "run.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

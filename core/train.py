@@ -1,22 +1,42 @@
 """Training: the one place models are compiled, listeners, stop flag, RunResult.
 
-Two paths, chosen from the experiment:
+A run is one or two **phases**:
 
-* **Frozen base, no augmentation**: the base's (pooled) features are computed
-  once per image and cached; only the head trains on them, so later epochs
-  cost only the head. The trained head layers are the very layers of the whole
-  model, so the saved model is the base joined to the trained head.
-* **Anything else** (augmentation or unlocked base layers): the whole model is
-  fit on a ``tf.data`` pipeline of decoded, resized images (augmented by Keras
+1. ``head`` (every base layer locked) or ``train`` (some base layers unlocked
+   by ``config.freeze``), for ``config.epochs`` epochs at ``config.lr``.
+2. ``fine-tune`` (when ``config.fine_tune_layers`` > 0): the top N layers of the
+   base are unlocked (BatchNorm stays locked unless ``train_batchnorm``), the
+   whole model is recompiled at ``config.fine_tune_lr`` (default lr / 10) and
+   trained ``config.fine_tune_epochs`` more epochs, numbered on.
+
+Each phase picks its path:
+
+* **Frozen base, no augmentation** (``features``): the base's (pooled) features
+  are computed once per image and cached on disk, keyed by what they depend on;
+  only the head trains on them. The head layers are the very layers of the
+  whole model, so the saved model is the base joined to the trained head.
+* **Anything else** (``full``): the whole model is fit on a ``tf.data`` pipeline
+  of images decoded once and kept resized in memory (augmented by Keras
   preprocessing layers, batched, prefetched).
+
+The best epoch by ``config.monitor`` (val_loss by default, or val_accuracy) is
+tracked across phases; its weights are restored at the end of each phase and
+of the run. ``config.early_stopping`` (patience) ends a phase early.
 
 Progress goes out through :class:`TrainingListener` hooks (no-op defaults,
 like Keras callbacks); a :class:`StopFlag` that a page or a signal sets ends
-the run at the next batch, keeping every finished epoch.
+the run at the next batch, keeping every finished epoch. Training runs under a
+``tf.distribute`` strategy: several visible GPUs give a ``MirroredStrategy``
+automatically; a cluster gets ``MultiWorkerMirroredStrategy`` (see
+:func:`make_strategy`).
 """
 from __future__ import annotations
 
+import copy
+import csv
 import hashlib
+import json
+import os
 import threading
 import time
 import uuid
@@ -25,11 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import ExperimentConfig
-from core.data import DataSplits, cache_dir, load_arrays
+from core.config import ConfigError, ExperimentConfig
+from core.data import DataError, DataSplits, cache_dir, load_arrays
 from core.freeze import BATCHNORM_TYPES
 
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "phase", "lr"]
+PHASES = ("head", "train", "fine-tune")  # "features" in batch events: computing base features
 
 
 # -- events and listeners --------------------------------------------------------------
@@ -38,32 +59,40 @@ HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 class TrainPlan:
     run_id: str
     config: ExperimentConfig
-    path: str  # "features" (cached base features, head only) or "full" (whole model fit)
-    epochs: int
+    path: str  # the first phase's path: "features" (cached base features, head only) or "full"
+    epochs: int  # the last epoch number this run reaches (epochs are numbered on across phases)
     train_size: int
     val_size: int
     class_names: list[str]
     params: dict
     warnings: list[str] = field(default_factory=list)
+    phase: str = "head"  # the first phase: "head", "train" or "fine-tune"
+    lr: float | None = None  # the first phase's learning rate
+    phases: list[dict] = field(default_factory=list)  # {phase, epochs, lr, first_epoch, last_epoch}
+    monitor: str = "val_loss"
+    initial_epoch: int = 0  # epochs already done (a continued run)
 
 
 @dataclass
 class BatchEvent:
     run_id: str
-    phase: str  # "features" (computing base features) or "train"
+    phase: str  # "features" (computing base features), "head", "train" or "fine-tune"
     epoch: int  # 1-based; 0 while computing features
     batch: int  # 1-based
     batches: int
     logs: dict = field(default_factory=dict)
+    lr: float | None = None
 
 
 @dataclass
 class EpochEvent:
     run_id: str
-    phase: str
-    epoch: int  # 1-based
-    epochs: int
-    logs: dict
+    phase: str  # "head", "train" or "fine-tune"
+    epoch: int  # 1-based, numbered on across phases
+    epochs: int  # the last epoch number of the run
+    logs: dict  # the history row: epoch, loss, accuracy, val_loss, val_accuracy, phase, lr, seconds
+    lr: float | None = None
+    best_epoch: int | None = None  # the best epoch so far by the monitored metric
 
 
 class TrainingListener:
@@ -97,23 +126,27 @@ class RunResult:
     config: ExperimentConfig
     class_names: list[str]
     history: list[dict]
-    best_epoch: int | None
-    best_val_accuracy: float | None
+    best_epoch: int | None  # the epoch whose weights the model has (best by config.monitor)
+    best_val_accuracy: float | None  # validation accuracy at best_epoch
     status: str  # "completed", "early-stopped", "stopped"
-    path: str
+    path: str  # the first phase's path
     model: object = None  # keras.Model at its best epoch (None if no epoch finished)
     data: DataSplits | None = None
     timings: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     run_dir: str | None = None  # the run folder, when saved
+    monitor: str = "val_loss"
+    best_value: float | None = None  # the monitored metric at best_epoch
+    phases: list[dict] = field(default_factory=list)  # what ran: {phase, path, epochs, lr, first_epoch, last_epoch, status}
 
     def history_frame(self):
         import pandas as pd
 
-        return pd.DataFrame(self.history, columns=HISTORY_COLUMNS + [c for c in (self.history[0] if self.history else {}) if c not in HISTORY_COLUMNS])
+        extra = [c for c in (self.history[0] if self.history else {}) if c not in HISTORY_COLUMNS]
+        return pd.DataFrame(self.history, columns=HISTORY_COLUMNS + extra)
 
 
-# -- compiling ---------------------------------------------------------------------------
+# -- compiling and distributing ----------------------------------------------------------
 
 def make_optimizer(name: str, lr: float):
     import keras
@@ -127,14 +160,53 @@ def make_optimizer(name: str, lr: float):
     raise ValueError(f"optimizer: Expected rmsprop, adam or sgd. Received: {name!r}")
 
 
-def compile_model(model, config: ExperimentConfig) -> None:
+def compile_model(model, config: ExperimentConfig, lr: float | None = None) -> None:
     """The one place Transfer Lab compiles. Call again after any change to ``trainable``:
-    Keras fixes the list of trainable weights at compile time."""
+    Keras fixes the list of trainable weights at compile time. ``lr`` overrides
+    ``config.lr`` (the fine-tuning phase)."""
     model.compile(
-        optimizer=make_optimizer(config.optimizer, config.lr),
+        optimizer=make_optimizer(config.optimizer, config.lr if lr is None else lr),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+
+
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+
+
+def make_strategy(kind: str = "auto"):
+    """A ``tf.distribute`` strategy.
+
+    ``auto``: ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names a cluster of
+    several workers, ``MirroredStrategy`` when several GPUs are visible, else the
+    default (one-device) strategy. ``default``, ``mirrored`` and ``multi-worker``
+    ask for one of them.
+    """
+    import tensorflow as tf
+
+    if kind not in STRATEGIES:
+        raise ConfigError(f"strategy: Expected one of {', '.join(STRATEGIES)}. Received: {kind!r}")
+    if kind == "auto":
+        if _cluster_workers() > 1:
+            kind = "multi-worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            kind = "mirrored"
+        else:
+            kind = "default"
+    if kind == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _cluster_workers() -> int:
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("cluster", {})
+    except ValueError:
+        raise ConfigError("TF_CONFIG: Expected JSON like {\"cluster\": {\"worker\": [...]}, \"task\": {...}}. "
+                          f"Received: {os.environ.get('TF_CONFIG')[:200]!r}") from None
+    return sum(len(v) for k, v in cluster.items() if k in ("chief", "worker")) if isinstance(cluster, dict) else 0
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -143,13 +215,28 @@ _ARRAYS: dict[tuple, np.ndarray] = {}
 
 
 def _arrays(paths: list[str], size: int) -> np.ndarray:
-    """Decoded, resized images; kept for the next run on the same files (compare, reruns)."""
-    key = (tuple(paths), size)
+    """Decoded, resized images; kept for the next run on the same files (compare, reruns, phases)."""
+    stats = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stats.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append(None)
+    key = (tuple(paths), size, hashlib.sha256(repr(stats).encode()).hexdigest())
     if key not in _ARRAYS:
         while len(_ARRAYS) >= 4:
             _ARRAYS.pop(next(iter(_ARRAYS)))
         _ARRAYS[key] = load_arrays(paths, size)
     return _ARRAYS[key]
+
+
+@dataclass
+class _Phase:
+    name: str  # "head", "train" or "fine-tune"
+    epochs: int
+    lr: float
+    unlock_top: int = 0  # unlock the top N base layers before this phase (fine-tune)
 
 
 def train(
@@ -159,29 +246,141 @@ def train(
     stop: StopFlag | None = None,
     run_dir: str | Path | None = None,
     base=None,
+    strategy=None,
 ) -> RunResult:
-    """Train ``config`` on ``data``; save into ``run_dir`` if given. Returns a RunResult."""
+    """Train ``config`` on ``data``; save into ``run_dir`` if given. Returns a RunResult.
+
+    ``strategy``: a ``tf.distribute`` strategy (default: :func:`make_strategy` ``("auto")``).
+    """
+    config.validate()
+    return _execute(config, data, listeners, stop, run_dir, base=base, strategy=strategy)
+
+
+def continue_run(
+    run_dir: str | Path,
+    epochs: int = 0,
+    fine_tune_layers: int | None = None,
+    fine_tune_epochs: int | None = None,
+    fine_tune_lr: float | None = None,
+    data: DataSplits | None = None,
+    listeners: list[TrainingListener] | tuple = (),
+    stop: StopFlag | None = None,
+    strategy=None,
+) -> RunResult:
+    """Continue a finished or stopped run from its folder, in place.
+
+    Training starts from the run's saved model (the weights of its best epoch).
+    ``epochs`` more epochs of the run's last phase (same locks, same learning
+    rate) come first; then, with ``fine_tune_layers`` N > 0, a fine-tuning phase
+    unlocks the top N base layers (BatchNorm locked unless train_batchnorm) for
+    ``fine_tune_epochs`` (default config.fine_tune_epochs) at ``fine_tune_lr``
+    (default config's, i.e. lr / 10). Epochs are numbered on; history.csv,
+    run.json, config.json and model.keras in ``run_dir`` are rewritten with the
+    history appended. ``data``: the run's data; by default it is loaded again
+    from run.json's data root and must give the same train/validation files.
+    """
+    run_dir = Path(run_dir)
+    info, config, history = read_run(run_dir)
+    if not _is_count(epochs):
+        raise ConfigError(f"epochs: Expected 0 or more epochs to add. Received: {epochs!r}")
+    if fine_tune_layers is not None and not _is_count(fine_tune_layers):
+        raise ConfigError(f"fine_tune_layers: Expected 0 or more top base layers to unlock. Received: {fine_tune_layers!r}")
+    last_phase = (history[-1].get("phase") or "head") if history else "head"
+    done = {name: sum(1 for h in history if (h.get("phase") == "fine-tune") == (name == "fine-tune"))
+            for name in ("first", "fine-tune")}
+    new = copy.deepcopy(config)  # config.json afterwards: the schedule the run went through
+    phases: list[_Phase] = []
+    if epochs:
+        if last_phase == "fine-tune":
+            phases.append(_Phase("fine-tune", epochs, config.resolved_fine_tune_lr(), config.fine_tune_layers))
+            done["fine-tune"] += epochs
+        else:
+            phases.append(_Phase(last_phase, epochs, config.lr))
+            done["first"] += epochs
+    if fine_tune_layers:
+        n_epochs = config.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
+        if not _is_count(n_epochs):
+            raise ConfigError(f"fine_tune_epochs: Expected an integer from 0 to 1000. Received: {n_epochs!r}")
+        lr = config.resolved_fine_tune_lr() if fine_tune_lr is None else fine_tune_lr
+        phases.append(_Phase("fine-tune", n_epochs, lr, fine_tune_layers))
+        done["fine-tune"] += n_epochs
+        new.fine_tune_layers = fine_tune_layers
+        if fine_tune_lr is not None:
+            new.fine_tune_lr = fine_tune_lr
+    new.epochs = max(1, done["first"])
+    if done["fine-tune"]:
+        new.fine_tune_epochs = done["fine-tune"]
+    phases = [p for p in phases if p.epochs > 0]
+    if not phases:
+        raise ConfigError("continue: Expected more epochs or a fine-tuning phase (fine_tune_layers > 0 with "
+                          "fine_tune_epochs > 0). Received: nothing to add")
+    problems = [p for p in new.problems() if not p.startswith("weights:")]  # the file may be gone: weights come from the model
+    if problems:
+        raise ConfigError(problems)
+    model_file = run_dir / "model.keras"
+    if not model_file.is_file():
+        raise ConfigError(f"continue: Expected a run folder with a model.keras. Received: {run_dir} (no model: "
+                          "the run ended before an epoch finished)")
+    if data is None:
+        data = _reload_data(info, config)
+    unlocked = config.fine_tune_layers if any(h.get("phase") == "fine-tune" for h in history) else 0
+    resume = _Resume(run_id=info.get("run_id") or run_dir.name, history=history, model_file=model_file,
+                     unlocked_top=unlocked, timings=info.get("timings") or {}, phases=info.get("phases") or [])
+    return _execute(new, data, listeners, stop, run_dir, strategy=strategy, phases=phases, resume=resume)
+
+
+@dataclass
+class _Resume:
+    run_id: str
+    history: list[dict]
+    model_file: Path
+    unlocked_top: int  # top base layers unlocked by an earlier fine-tuning phase
+    timings: dict
+    phases: list[dict]
+
+
+def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, phases=None, resume=None) -> RunResult:
     import keras
 
+    from core.freeze import param_counts
     from core.model import build_model
 
-    config.validate()
     stop = stop or StopFlag()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    strategy = strategy or make_strategy("auto")
     keras.utils.set_random_seed(config.seed)
     num_classes = len(data.class_names)
-    built = build_model(config, num_classes, base=base)
-    compile_model(built.model, config)  # the whole model, as locked; the head path compiles its own
+    with strategy.scope():
+        if resume is not None and base is None:
+            from core.bases import build_base
+
+            # every weight comes from the saved model: no need for the original weights file
+            base = build_base(config.base, config.resolved_image_size(), config.alpha, "none")
+        built = build_model(config, num_classes, base=base)
+        if resume is not None:
+            _load_weights_from(built.model, resume.model_file)
+            if resume.unlocked_top:
+                _unlock_top(built, resume.unlocked_top, config)
+        compile_model(built.model, config)  # the whole model, as locked; each phase compiles again
     timings["build_s"] = time.perf_counter() - t0
 
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    path = "features" if built.base_frozen and config.augment == "none" else "full"
-    from core.freeze import param_counts
-
+    if phases is None:
+        phases = [_Phase("head" if built.base_frozen else "train", config.epochs, config.lr)]
+        if config.fine_tunes():
+            phases.append(_Phase("fine-tune", config.fine_tune_epochs, config.resolved_fine_tune_lr(), config.fine_tune_layers))
+    before = list(resume.history) if resume else []
+    run_id = resume.run_id if resume else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    first_path = _path_of(built, config) if not phases[0].unlock_top else "full"
     params = param_counts(built.model)
-    plan = TrainPlan(run_id, config, path, config.epochs, len(data.train), len(data.validation),
-                     list(data.class_names), params, built.warnings(config))
+    plan_phases, n = [], len(before)
+    for ph in phases:
+        plan_phases.append({"phase": ph.name, "epochs": ph.epochs, "lr": ph.lr, "first_epoch": n + 1,
+                            "last_epoch": n + ph.epochs, "unlock_top": ph.unlock_top})
+        n += ph.epochs
+    plan = TrainPlan(run_id, config, first_path, n, len(data.train), len(data.validation),
+                     list(data.class_names), params, built.warnings(config), phase=phases[0].name,
+                     lr=phases[0].lr, phases=plan_phases, monitor=config.monitor, initial_epoch=len(before))
     for listener in listeners:
         listener.on_train_begin(plan)
 
@@ -191,52 +390,79 @@ def train(
     timings["decode_s"] = time.perf_counter() - t
     y_train, y_val = data.train.labels, data.validation.labels
 
-    recorder = _Recorder(run_id, config, listeners, stop)
-    if path == "features":
-        t = time.perf_counter()
-        f_train, f_val = _cached_features(built, config, data, x_train, x_val, recorder)
-        timings["features_s"] = time.perf_counter() - t
-        head_model = _head_model(built)
-        compile_model(head_model, config)
-        fit_model, fit_x, fit_val = head_model, f_train, (f_val, y_val)
-    else:
-        head_model = None
-        fit_model = built.model
-        fit_x = _pipeline(x_train, y_train, config)
-        fit_val = (x_val.astype(np.float32), y_val)
-        if any(type(layer).__name__ in BATCHNORM_TYPES and layer.trainable for layer in built.base.layers):
-            # BatchNorm learning from scratch: its moving statistics lag far behind the
-            # weights on a small dataset, and inference (validation too) would see vanished
-            # features. Re-estimate them from training images before each validation.
-            recorder.validate = _validate_after_recalibration(built, x_train, fit_val, config.batch_size)
-            fit_val = None
-
-    t = time.perf_counter()
-    if not stop.is_set():
-        recorder.weights_of = fit_model
-        # the tf.data pipeline shuffles itself; arrays are shuffled by Keras
-        fit_kwargs = dict(batch_size=config.batch_size, shuffle=True) if path == "features" else dict(shuffle=False)
+    recorder = _Recorder(run_id, config, listeners, stop, built.model, total_epochs=n, history=before)
+    done_phases: list[dict] = list(resume.phases) if resume else []
+    features = None
+    timings["fit_s"] = 0.0
+    for ph, ph_plan in zip(phases, plan_phases):
+        if stop.is_set():
+            break
+        with strategy.scope():
+            if ph.unlock_top:
+                _unlock_top(built, ph.unlock_top, config)
+            path = _path_of(built, config)
+            if path == "features":
+                if features is None:
+                    t = time.perf_counter()
+                    features = _cached_features(built, config, data, x_train, x_val, recorder)
+                    timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - t
+                fit_model = _head_model(built)
+            else:
+                fit_model = built.model
+            compile_model(fit_model, config, lr=ph.lr)
+        if path == "features":
+            f_train, f_val = features
+            if stop.is_set() or f_train is None:
+                break
+            if isinstance(f_train, np.memmap):  # too large to load: batches read from disk
+                fit_x, fit_y, fit_kwargs = _feature_batches(f_train, y_train, config), None, dict(shuffle=False)
+            else:
+                fit_x, fit_y, fit_kwargs = f_train, y_train, dict(batch_size=config.batch_size, shuffle=True)
+            fit_val = (np.asarray(f_val, np.float32), y_val)
+            recorder.start_phase(ph.name, ph.lr, fit_model.weights)
+        else:
+            fit_x, fit_y = _pipeline(x_train, y_train, config), None
+            fit_val = (x_val.astype(np.float32), y_val)
+            fit_kwargs = dict(shuffle=False)  # the pipeline shuffles itself
+            recorder.start_phase(ph.name, ph.lr, built.model.weights)
+            if any(type(layer).__name__ in BATCHNORM_TYPES and layer.trainable for layer in built.base.layers):
+                # BatchNorm learning from scratch: its moving statistics lag far behind the
+                # weights on a small dataset, and inference (validation too) would see vanished
+                # features. Re-estimate them from training images before each validation.
+                recorder.validate = _validate_after_recalibration(built, x_train, fit_val, config.batch_size)
+                fit_val = None
         if config.class_weights:
             fit_kwargs["class_weight"] = data.class_weights()
-        fit_model.fit(
-            fit_x, y_train if path == "features" else None, validation_data=fit_val,
-            epochs=config.epochs, verbose=0, callbacks=[recorder.keras_callback()], **fit_kwargs,
-        )
-    timings["fit_s"] = time.perf_counter() - t
-    if recorder.best_weights is not None:
-        fit_model.set_weights(recorder.best_weights)
+        t = time.perf_counter()
+        first = len(recorder.history)
+        fit_model.fit(fit_x, fit_y, validation_data=fit_val, epochs=ph.epochs, verbose=0,
+                      callbacks=[recorder.keras_callback()], **fit_kwargs)
+        timings["fit_s"] += time.perf_counter() - t
+        recorder.validate = None
+        ran = len(recorder.history) - first
+        done_phases.append({"phase": ph.name, "path": path, "lr": ph.lr, "epochs": ran,
+                            "first_epoch": first + 1 if ran else None, "last_epoch": first + ran if ran else None,
+                            "unlock_top": ph.unlock_top,
+                            "status": "stopped" if recorder.stopped else ("early-stopped" if recorder.early_stopped else "completed")})
+        recorder.restore_best()  # each phase goes on from the best weights so far
+        if recorder.stopped:
+            break
 
-    status = "stopped" if recorder.stopped else ("early-stopped" if recorder.early_stopped else "completed")
-    if stop.is_set() and not recorder.stopped:
-        status = "stopped"
+    last = done_phases[-1]["status"] if len(done_phases) > len(resume.phases if resume else []) else "stopped"
+    status = "stopped" if recorder.stopped or stop.is_set() else last
     best = recorder.best
+    best_row = recorder.history[best[0] - 1] if best else None
     result = RunResult(
         run_id=run_id, config=config, class_names=list(data.class_names), history=recorder.history,
-        best_epoch=best[0] if best else None, best_val_accuracy=best[1] if best else None,
-        status=status, path=path, model=built.model if recorder.history else None, data=data,
-        timings=timings, params=params,
+        best_epoch=best[0] if best else None,
+        best_val_accuracy=best_row.get("val_accuracy") if best_row else None,
+        status=status, path=first_path, model=built.model if recorder.history else None, data=data,
+        timings=timings, params=param_counts(built.model), monitor=config.monitor,
+        best_value=best[1] if best else None, phases=done_phases,
     )
     timings["total_s"] = time.perf_counter() - t0
+    if resume is not None:
+        timings["previous_total_s"] = float(resume.timings.get("total_s", 0.0)) + float(resume.timings.get("previous_total_s", 0.0))
     if run_dir is not None:
         from core.export import save_run
 
@@ -245,6 +471,114 @@ def train(
     for listener in listeners:
         listener.on_train_end(result)
     return result
+
+
+def _path_of(built, config) -> str:
+    return "features" if built.base_frozen and config.augment == "none" else "full"
+
+
+def _unlock_top(built, n: int, config) -> None:
+    """Unlock the top ``n`` layers of the base on top of what ``config.freeze`` unlocked;
+    BatchNorm stays locked unless the config lets it train."""
+    from core.freeze import FreezeSpec, apply_freeze, batchnorm_trains
+
+    names = [layer.name for layer in built.base.layers]
+    locked = [a and b for a, b in zip(FreezeSpec.parse(config.freeze).locked_mask(names),
+                                      FreezeSpec("top", n=n).locked_mask(names))]
+    apply_freeze(built.base, FreezeSpec("unlock", names=tuple(nm for nm, lk in zip(names, locked) if not lk))
+                 if not all(locked) else FreezeSpec("all"), batchnorm_trains(config))
+
+
+def _load_weights_from(model, path: Path) -> None:
+    """Copy every weight of a saved ``model.keras`` into ``model`` (the same architecture)."""
+    import keras
+
+    from core.export import ModelFileError
+
+    try:
+        saved = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:
+        raise ModelFileError(f"model: cannot load {path.name}: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+    src, dst = saved.get_weights(), model.get_weights()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
+        raise ModelFileError(f"model: Expected {path.name} to match the run's config.json. Received: a model with "
+                             f"{len(src)} weight arrays where the config builds {len(dst)}")
+    model.set_weights(src)
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 1000
+
+
+def read_run(run_dir: str | Path) -> tuple[dict, ExperimentConfig, list[dict]]:
+    """A run folder's run.json, config and history (numbers as numbers)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"continue: Expected a run folder (with config.json, history.csv, run.json). Received: {run_dir}")
+    config = ExperimentConfig.load(run_dir / "config.json")
+    try:
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    return info, config, read_history(run_dir / "history.csv")
+
+
+def read_history(path: str | Path) -> list[dict]:
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                out = {}
+                for k, v in row.items():
+                    if k == "phase":
+                        out[k] = v or "head"
+                    elif k == "epoch":
+                        out[k] = int(v)
+                    elif v in ("", None):
+                        out[k] = None
+                    else:
+                        try:
+                            out[k] = float(v)
+                        except ValueError:
+                            out[k] = v
+                out.setdefault("phase", "head")
+                rows.append(out)
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def _reload_data(info: dict, config: ExperimentConfig) -> DataSplits:
+    """The run's split again, from the file lists (and labels) in run.json."""
+    from core.data import ImageDataset, load_dataset
+
+    root = info.get("data_root")
+    if not root or not Path(root).exists():
+        raise DataError(f"data: Expected the run's data folder to continue it. Received: {root or 'none recorded'} "
+                        "(missing; give the data again)")
+    names = list(info.get("class_names") or [])
+    splits = {}
+    for split in ("train", "validation"):
+        files, labels = info.get(f"{split}_files"), info.get(f"{split}_labels")
+        if files is None or labels is None or len(files) != len(labels):
+            break
+        paths = [str(Path(root) / f) for f in files]
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise DataError(f"data: Expected the {len(paths)} {split} files the run trained on. "
+                            f"Received: {len(missing)} missing, e.g. {missing[0]}")
+        splits[split] = ImageDataset(paths, np.asarray(labels, np.int32), names)
+    if len(splits) == 2:
+        return DataSplits(root, names, splits["train"], splits["validation"])
+    data = load_dataset(root, val_split=config.val_split, seed=config.seed, test_split=config.test_split)
+    from core.export import _relative
+
+    for split, ds in (("train", data.train), ("validation", data.validation)):
+        want = info.get(f"{split}_files")
+        if want is not None and sorted(_relative(ds.paths, data.root)) != sorted(want):
+            raise DataError(f"data: Expected the {len(want)} {split} files the run trained on in {root}. "
+                            f"Received: {len(ds.paths)} files, not the same (the folder changed)")
+    return data
 
 
 def _head_model(built):
@@ -260,6 +594,7 @@ def _head_model(built):
 
 
 def _pipeline(x, y, config: ExperimentConfig):
+    """Images decoded once (``x``, uint8, in memory) → shuffle → batch → float → augment → prefetch."""
     import tensorflow as tf
 
     from core.augment import augmentation_model
@@ -268,8 +603,33 @@ def _pipeline(x, y, config: ExperimentConfig):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
     ds = ds.batch(config.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
     if aug is not None:
-        ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+        # one call at a time: the random layers draw from one seeded stream in batch order,
+        # so a seed gives the same augmentations (each call is a whole batch, vectorised)
+        ds = ds.map(lambda a, b: (aug(a, training=True), b))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _feature_batches(f: np.ndarray, y: np.ndarray, config: ExperimentConfig):
+    """Shuffled batches read from a disk-backed feature array (a memmap too large to load)."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(config.seed)
+            self.order = self.rng.permutation(len(f))
+
+        def __len__(self):
+            return -(-len(f) // config.batch_size)
+
+        def __getitem__(self, i):
+            idx = np.sort(self.order[i * config.batch_size:(i + 1) * config.batch_size])
+            return np.asarray(f[idx], np.float32), y[idx]
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(f))
+
+    return Batches()
 
 
 def recalibrate_batchnorm(built, x: np.ndarray, batch_size: int, limit: int = 512) -> None:
@@ -298,82 +658,151 @@ def _validate_after_recalibration(built, x_train, val, batch_size):
 
 # -- base features, once -------------------------------------------------------------------------
 
-def _features_key(built, config: ExperimentConfig, data: DataSplits) -> str | None:
-    w = config.weights
-    if w not in ("imagenet", "none"):
-        st = Path(w).stat()
-        w = f"{Path(w).resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    elif w == "none":
-        w = f"none|seed={config.seed}"  # random weights depend on the seed
-    parts = [data.fingerprint(), config.base, str(config.alpha), w, str(config.cut), str(built.image_size),
-             config.pooling, "v1"]
+FEATURES_VERSION = "v2"
+FLOAT16_BYTES = 1 << 30  # features larger than this (as float32) are kept as float16
+MEMMAP_BYTES = 1 << 30  # feature files larger than this are read from disk (np.memmap), not loaded
+
+
+def weights_digest(model) -> str:
+    """A digest of a model's weight values (what its features depend on, whatever file they came from)."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        a = np.ascontiguousarray(np.asarray(w))
+        h.update(f"{w.path}|{a.dtype}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:20]
+
+
+def features_key(built, config: ExperimentConfig, data: DataSplits) -> str:
+    """The feature cache key: dataset (files, labels, split, file sizes and times), base, its
+    weight values (so a weights file's content, a seed of random weights, fine-tuned weights),
+    cut, image size and the pooling applied before caching."""
+    parts = [data.fingerprint(), config.base, str(config.alpha), weights_digest(built.base), str(config.cut),
+             str(built.image_size), config.pooling, FEATURES_VERSION]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
 def _cached_features(built, config, data, x_train, x_val, recorder):
-    """Pooled (or flattened) base features for both splits, from disk when computed before."""
-    key = _features_key(built, config, data)
-    folder = cache_dir() / "features"
-    file = folder / f"{key}.npz"
-    if file.exists():
+    """Pooled (or flattened) base features for both splits, from disk when computed before.
+
+    Written straight into ``.npy`` files (``np.lib.format.open_memmap``), float16 when large;
+    read back whole, or as a memmap when larger than :data:`MEMMAP_BYTES`. Returns
+    ``(None, None)`` when stopped before they were all computed."""
+    import shutil
+
+    key = features_key(built, config, data)
+    folder = cache_dir() / "features" / key
+    if (folder / "done").exists():
         try:
-            with np.load(file) as z:
-                return z["train"], z["val"]
-        except Exception:
-            file.unlink(missing_ok=True)
-    f_train = _compute_features(built, x_train, config.batch_size, recorder)
-    f_val = _compute_features(built, x_val, config.batch_size, recorder)
-    if f_train is None or f_val is None:
-        return np.zeros((0,)), np.zeros((0,))
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{key}.tmp.npz"
-    np.savez(tmp, train=f_train, val=f_val)
-    tmp.replace(file)
-    return f_train, f_val
+            return _load_features(folder)
+        except (OSError, ValueError):
+            pass
+    tmp = folder.parent / f"{key}.tmp-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        total = len(x_train) + len(x_val)
+        if not _compute_features(built, {"train": x_train, "val": x_val}, config.batch_size, recorder, tmp, total):
+            return None, None
+        (tmp / "done").write_text("ok")
+        shutil.rmtree(folder, ignore_errors=True)  # a damaged earlier attempt
+        try:
+            tmp.replace(folder)
+        except OSError:  # another run wrote it meanwhile
+            pass
+        return _load_features(folder if (folder / "done").exists() else tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _compute_features(built, x: np.ndarray, batch_size: int, recorder) -> np.ndarray | None:
+def _load_features(folder: Path):
+    out = []
+    for split in ("train", "val"):
+        f = folder / f"{split}.npy"
+        mm = np.load(f, mmap_mode="r")
+        out.append(mm if mm.nbytes > MEMMAP_BYTES else np.array(mm))
+    return tuple(out)
+
+
+def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Path, total: int) -> bool:
     import keras
 
     extractor = keras.Model(built.model.inputs, built.head_layers[0].output)
-    n = len(x)
-    batches = max(1, -(-n // batch_size))
-    out = None
-    for b in range(batches):
-        if recorder.stop.is_set():
-            return None
-        chunk = x[b * batch_size:(b + 1) * batch_size].astype(np.float32)
-        f = np.asarray(extractor.predict_on_batch(chunk))
-        if out is None:
-            big = n * f[0].size * 4 > 1 << 30
-            out = np.empty((n,) + f.shape[1:], np.float16 if big else np.float32)
-        out[b * batch_size:b * batch_size + len(f)] = f
-        recorder.batch("features", 0, b + 1, batches, {})
-    return out
+    batches = sum(max(1, -(-len(x) // batch_size)) for x in splits.values())
+    done = 0
+    dim = tuple(int(d) for d in built.head_layers[0].output.shape[1:])
+    big = total * int(np.prod(dim)) * 4 > FLOAT16_BYTES
+    for split, x in splits.items():
+        n = len(x)
+        out = np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", dtype=np.float16 if big else np.float32,
+                                        shape=(n,) + dim)
+        for b in range(-(-n // batch_size)):
+            if recorder.stop.is_set():
+                del out
+                return False
+            chunk = x[b * batch_size:(b + 1) * batch_size].astype(np.float32)
+            f = np.asarray(extractor.predict_on_batch(chunk))
+            out[b * batch_size:b * batch_size + len(f)] = f
+            done += 1
+            recorder.batch("features", 0, done, batches, {})
+        out.flush()
+        del out
+    return True
 
 
 # -- the bridge from Keras callbacks to listeners ---------------------------------------------------
 
 class _Recorder:
-    """Keeps history, best weights and the stop/early-stop state for one run."""
+    """Keeps history, best weights and the stop/early-stop state for one run (all its phases)."""
 
-    def __init__(self, run_id, config, listeners, stop):
+    def __init__(self, run_id, config, listeners, stop, model, total_epochs, history=()):
         self.run_id, self.config, self.listeners, self.stop = run_id, config, list(listeners), stop
-        self.history: list[dict] = []
-        self.best: tuple[int, float] | None = None
-        self.best_weights = None
-        self.weights_of = None
+        self.model = model  # the whole model: its weights are what "best" keeps
+        self.total_epochs = total_epochs
+        self.history: list[dict] = list(history)
+        self.monitor = config.monitor
+        self.best: tuple[int, float] | None = None  # (epoch, monitored value)
+        self.best_weights = None  # values of ``tracked`` at the best epoch
+        self.tracked = []  # the variables the current phase can change
+        for row in self.history:  # a continued run: its saved model holds the best epoch's weights
+            if self._better(row.get(self.monitor)):
+                self.best = (row["epoch"], float(row[self.monitor]))
         self.validate = None  # a function(model) -> val logs, when Keras must not validate itself
         self.stopped = False
         self.early_stopped = False
+        self.phase, self.lr = "head", None
         self._interrupted = False
-        self._best_loss = float("inf")
+        self._phase_best = None
         self._bad_epochs = 0
         self._epoch_start = 0.0
 
+    def _better(self, value, than=None) -> bool:
+        if value is None:
+            return False
+        ref = (self.best[1] if self.best else None) if than is None else than
+        if ref is None:
+            return True
+        return value < ref - 1e-7 if self.monitor == "val_loss" else value > ref + 1e-7
+
+    def start_phase(self, phase: str, lr: float, variables) -> None:
+        """A phase begins from the best weights so far (restored at the end of the last one):
+        snapshot what this phase can change, so that restoring its best is exact."""
+        self.tracked = list(variables)
+        if self.best is not None:
+            self.best_weights = [np.array(v) for v in self.tracked]
+        self.phase, self.lr = phase, float(lr)
+        self.early_stopped = False
+        self._bad_epochs = 0
+        self._phase_best = None
+
+    def restore_best(self) -> None:
+        if self.best_weights is not None:
+            for v, w in zip(self.tracked, self.best_weights):
+                v.assign(w)
+
     def batch(self, phase, epoch, batch, batches, logs):
         for listener in self.listeners:
-            listener.on_batch_end(BatchEvent(self.run_id, phase, epoch, batch, batches, dict(logs)))
+            listener.on_batch_end(BatchEvent(self.run_id, phase, epoch, batch, batches, dict(logs),
+                                             lr=None if phase == "features" else self.lr))
 
     def keras_callback(self):
         import keras
@@ -388,7 +817,8 @@ class _Recorder:
             def on_train_batch_end(self, batch, logs=None):
                 if self._batches is None:
                     self._batches = self.params.get("steps") or 0
-                rec.batch("train", len(rec.history) + 1, batch + 1, self._batches, {k: float(v) for k, v in (logs or {}).items()})
+                rec.batch(rec.phase, len(rec.history) + 1, batch + 1, self._batches,
+                          {k: float(v) for k, v in (logs or {}).items()})
                 if rec.stop.is_set():
                     rec._interrupted = True
                     rec.stopped = True
@@ -400,7 +830,7 @@ class _Recorder:
                 logs = {k: float(v) for k, v in (logs or {}).items()}
                 if rec.validate is not None:
                     logs.update(rec.validate(self.model))
-                rec.epoch_end(self.model, logs)
+                rec.epoch_end(logs)
                 if rec.stop.is_set():
                     rec.stopped = True
                     self.model.stop_training = True
@@ -409,24 +839,26 @@ class _Recorder:
 
         return _Bridge()
 
-    def epoch_end(self, model, logs):
+    def epoch_end(self, logs):
         epoch = len(self.history) + 1
         row = {"epoch": epoch}
         row.update({k: logs.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
-        row["lr"] = float(np.asarray(model.optimizer.learning_rate))
+        row["phase"] = self.phase
+        row["lr"] = self.lr
         row["seconds"] = time.perf_counter() - self._epoch_start
+        value = row.get(self.monitor)
+        if self._better(value):
+            self.best = (epoch, float(value))
+            self.best_weights = [np.array(v) for v in self.tracked]
         self.history.append(row)
-        va = row["val_accuracy"]
-        if va is not None and (self.best is None or va > self.best[1]):
-            self.best = (epoch, float(va))
-            self.best_weights = [np.array(w) for w in self.weights_of.get_weights()]
         patience = self.config.early_stopping
         if patience:
-            if row["val_loss"] is not None and row["val_loss"] < self._best_loss - 1e-6:
-                self._best_loss, self._bad_epochs = row["val_loss"], 0
+            if value is not None and (self._phase_best is None or self._better(value, than=self._phase_best)):
+                self._phase_best, self._bad_epochs = value, 0
             else:
                 self._bad_epochs += 1
                 if self._bad_epochs >= patience:
                     self.early_stopped = True
         for listener in self.listeners:
-            listener.on_epoch_end(EpochEvent(self.run_id, "train", epoch, self.config.epochs, dict(row)))
+            listener.on_epoch_end(EpochEvent(self.run_id, self.phase, epoch, self.total_epochs, dict(row),
+                                             lr=self.lr, best_epoch=self.best[0] if self.best else None))

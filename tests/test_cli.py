@@ -79,12 +79,38 @@ def test_config_file_reproduces_and_flags_override(trained_run, tmp_path):
                                  str(out / "config.json"), "--epochs", "7", "--dense", "0"])
     cfg = config_from_args(args)
     assert cfg.epochs == 7 and cfg.dense == [] and cfg.seed == 4 and cfg.image_size == 32
+    args = _parser().parse_args(["train", "--data", str(data), "--out", str(tmp_path), "--config",
+                                 str(out / "config.json"), "--fine-tune", "30", "--fine-tune-epochs", "4",
+                                 "--fine-tune-lr", "1e-5", "--monitor", "val_accuracy"])
+    cfg = config_from_args(args)
+    assert (cfg.fine_tune_layers, cfg.fine_tune_epochs, cfg.fine_tune_lr, cfg.monitor) == (30, 4, 1e-5, "val_accuracy")
+
+
+def test_fine_tune_then_continue_from_the_command_line(trained_run, tmp_path):
+    _, data, _, _ = trained_run
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", data, "--base", "mobilenet", "--alpha", "0.25", "--image-size", "32",
+                "--weights", "none", "--dense", "8", "--epochs", "1", "--batch-size", "8", "--fine-tune", "6",
+                "--fine-tune-epochs", "1", "--lr", "0.01", "--optimizer", "adam", "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "epoch 1/2 [head]" in r.stderr and "epoch 2/2 [fine-tune]" in r.stderr and "lr 0.001" in r.stderr
+    r = run_cli("continue", out, "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO((out / "history.csv").read_text())))
+    assert [(x["epoch"], x["phase"]) for x in rows] == [("1", "head"), ("2", "fine-tune"), ("3", "fine-tune")]
+    assert [float(x["lr"]) for x in rows] == pytest.approx([0.01, 0.001, 0.001])
+    r = run_cli("continue", out)
+    assert r.returncode == 2 and "Expected more epochs or a fine-tuning phase" in r.stderr
 
 
 @pytest.mark.parametrize("argv,code,message", [
     (["train", "--data", "x", "--out", "y", "--dropout", "1.0"], 2, "dropout: Expected a rate with 0 <= rate < 1. Received: 1.0"),
     (["train", "--data", "x", "--out", "y", "--dropout", "-0.1"], 2, "Received: -0.1"),
     (["train", "--data", "x", "--out", "y", "--freeze", "half"], 2, "freeze: Expected"),
+    (["train", "--data", "x", "--out", "y", "--fine-tune", "-3"], 2, "fine_tune_layers: Expected"),
+    (["train", "--data", "x", "--out", "y", "--monitor", "loss"], 2, "monitor: Expected one of val_loss, val_accuracy"),
+    (["train", "--data", "x", "--out", "y", "--strategy", "tpu"], 2, "invalid choice"),
+    (["continue", "/no/such/run", "--epochs", "1"], 2, "Expected a run folder"),
     (["train", "--out", "y"], 2, "the following arguments are required: --data"),
     (["train", "--data", "/no/such/folder", "--out", "y", "--weights", "none"], 1, "does not exist"),
     (["bake"], 2, "invalid choice"),

@@ -81,3 +81,21 @@ def test_core_never_imports_streamlit():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] == "streamlit" for n in names), path
+
+
+def test_fine_tuning_and_monitor_fields_round_trip_and_are_checked(tmp_path):
+    c = ExperimentConfig(weights="none", fine_tune_layers=20, fine_tune_epochs=3, fine_tune_lr=2e-5,
+                         monitor="val_accuracy", early_stopping=2)
+    c.save(tmp_path / "c.json")
+    back = ExperimentConfig.load(tmp_path / "c.json")
+    assert back == c and back.fine_tunes() and back.resolved_fine_tune_lr() == 2e-5
+    assert ExperimentConfig(lr=1e-3).resolved_fine_tune_lr() == pytest.approx(1e-4)  # 10x lower by default
+    assert not ExperimentConfig().fine_tunes() and not ExperimentConfig(fine_tune_layers=5, fine_tune_epochs=0).fine_tunes()
+    # a config.json written before these fields existed still loads, with the defaults
+    old = {k: v for k, v in c.to_dict().items() if k not in ("fine_tune_layers", "fine_tune_epochs", "fine_tune_lr", "monitor")}
+    assert ExperimentConfig.from_dict(old).fine_tune_layers == 0 and ExperimentConfig.from_dict(old).monitor == "val_loss"
+    bad = ExperimentConfig(weights="none", fine_tune_layers=-1, fine_tune_epochs=1.5, fine_tune_lr=0, monitor="accuracy")
+    problems = bad.problems()
+    assert [p.split(":")[0] for p in problems] == ["monitor", "fine_tune_layers", "fine_tune_epochs", "fine_tune_lr"]
+    assert "monitor: Expected one of val_loss, val_accuracy. Received: 'accuracy'" in problems
+    assert "fine_tune_lr: Expected a learning rate with 0 < lr <= 10, or null for lr / 10. Received: 0" in problems

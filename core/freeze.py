@@ -67,6 +67,19 @@ class FreezeSpec:
             return "unlock:" + ",".join(self.names)
         return self.mode
 
+    def describe(self) -> str:
+        """The lock in words (for summaries such as the sidebar)."""
+        if self.mode == "all":
+            return "all base layers locked"
+        if self.mode == "none":
+            return "no layer locked (fine-tune all)"
+        if self.mode == "up-to":
+            return f"locked up to {self.layer}"
+        if self.mode == "top":
+            return f"all but the top {self.n} layers locked"
+        shown = ", ".join(self.names[:3]) + (", …" if len(self.names) > 3 else "")
+        return f"{len(self.names)} layer{'s' if len(self.names) != 1 else ''} unlocked by hand ({shown}), the rest locked"
+
     def locked_mask(self, layer_names: list[str]) -> list[bool]:
         """For each layer in order, whether it is locked."""
         n = len(layer_names)

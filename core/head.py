@@ -37,7 +37,9 @@ def head_plan(feature_shape: tuple, config: ExperimentConfig, num_classes: int) 
 
 
 def mib(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:,.0f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:,.1f} KiB"
+    if n_bytes >= 10 * 2**20:
+        return f"{n_bytes / 2**20:,.0f} MiB"
+    return f"{n_bytes / 2**20:,.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:,.1f} KiB"
 
 
 def check_head_size(feature_shape: tuple, config: ExperimentConfig, num_classes: int) -> int:

@@ -255,10 +255,11 @@ if rows is not None:
                      "trainable": st.column_config.CheckboxColumn("trainable", help="Unlocked: training may change it")}
     if len(shown) != len(rows):
         st.caption(f"{len(shown)} of {len(rows)} layers shown.")
+    height = min(420, 35 * (len(shown) + 1) + 3)  # no empty rows under a short (filtered) table
     if lock == "unlock":
         state = f"{base_name}|{alpha}|{size}|{cut}|{freeze}|{train_bn}|{new.weights == 'none'}|{text}|{types}"
         key = "w_layers_" + hashlib.md5(state.encode()).hexdigest()[:10]  # a fresh table for every lock
-        edited = st.data_editor(table, key=key, hide_index=True, width="stretch", height=360,
+        edited = st.data_editor(table, key=key, hide_index=True, width="stretch", height=height,
                                 disabled=[c for c in columns if c != "trainable"], column_config=column_config)
         flips = {r["name"]: bool(v) for r, v in zip(shown, edited["trainable"]) if bool(v) != r["trainable"]}
         if flips:
@@ -281,7 +282,7 @@ if rows is not None:
             if stuck:
                 st.info("  \n".join(stuck))
     else:
-        st.dataframe(table, hide_index=True, width="stretch", height=360, column_config=column_config)
+        st.dataframe(table, hide_index=True, width="stretch", height=height, column_config=column_config)
 
 if from_scratch_warning(new):
     st.warning(from_scratch_warning(new))

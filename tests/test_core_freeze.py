@@ -127,6 +127,7 @@ def test_one_training_step_changes_exactly_the_trainable_layers(colour_data_sess
     ]:
         apply_freeze(built.base, freeze, batchnorm_trains(cfg))
         compile_model(built.model, cfg)  # after every change to trainable
+        built.model.run_eagerly = True  # one step: tracing a graph would cost more than it saves
         before = _weights_of(layers)
         built.model.train_on_batch(x, y)
         after = _weights_of(layers)
@@ -174,6 +175,8 @@ def test_per_layer_choices_become_a_spec_that_round_trips_through_json_and_the_c
     spec = FreezeSpec.from_unlocked(names, {"conv_pw_2", "conv1"})
     assert str(spec) == "unlock:conv1,conv_pw_2"  # in base order
     assert spec.locked_mask(names) == [False, True, True, True, False]
+    assert spec.describe() == "2 layers unlocked by hand (conv1, conv_pw_2), the rest locked"
+    assert FreezeSpec.parse("top:3").describe() == "all but the top 3 layers locked"
     # the lockable layers of a base: weighted, up to the cut, BatchNorm only when it may train
     cfg = tiny_config(weights=str(tiny_weights["legacy"]), cut="conv_pw_2_relu")
     base = build_model(cfg, 2).base

@@ -72,6 +72,7 @@ class DataSplits:
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     layout: str = "classes"  # "classes" (split made here) or "splits" (train/validation folders)
+    test_from: str = ""  # where the test split came from: "folder" (a test/ folder), "fraction", or ""
     warnings: list[str] = field(default_factory=list)  # lopsided or tiny data, named with numbers
     source: str = ""  # what the person gave: a folder or a zip
     file_info: dict = field(default_factory=dict)  # path -> (format, width, height)
@@ -388,7 +389,7 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
     try:
         splits = _split_folders(root)
         if "train" in splits:
-            out = _load_split_layout(root, splits, notes, checker)
+            out = _load_split_layout(root, splits, notes, checker, test_split, seed)
         elif "validation" in splits or "test" in splits:
             raise DataError(f"data: found {', '.join(sorted(splits))} but no train/ folder; "
                             "Expected train/ + validation/ folders, or class folders at the top")
@@ -497,6 +498,7 @@ def _load_class_layout(root: Path, val_split: float, test_split: float, seed: in
     return DataSplits(
         root=str(root), class_names=class_names, train=ds["train"], validation=ds["validation"],
         test=ds["test"] if test_split > 0 else None, skipped=all_skipped, notes=notes, layout="classes",
+        test_from="fraction" if test_split > 0 else "",
     )
 
 
@@ -515,7 +517,8 @@ def _sorted_pairs(pair):
     return [paths[i] for i in order], np.asarray([labels[i] for i in order], np.int32)
 
 
-def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str], checker: "_Checker") -> DataSplits:
+def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str], checker: "_Checker",
+                       test_split: float = 0.0, seed: int = 0) -> DataSplits:
     per_split = {name: _class_folders(folder) for name, folder in splits.items()}
     _check_classes(per_split["train"], splits["train"])
     class_names = sorted(per_split["train"])
@@ -548,11 +551,30 @@ def _load_split_layout(root: Path, splits: dict[str, Path], notes: list[str], ch
         found = ", ".join(sorted(per_split["validation"])) or "no class folders"
         raise DataError(f"data: Expected usable images of the train/ classes ({', '.join(class_names)}) in "
                         f"{splits['validation'].name}/. Received: {found}")
+    test_from = "folder" if "test" in datasets else ""
+    if "test" not in datasets and test_split > 0:  # no test/ folder: set a fraction of train/ aside
+        datasets["train"], datasets["test"] = _carve(datasets["train"], test_split, seed)
+        test_from = "fraction"
     return DataSplits(
         root=str(root), class_names=class_names,
         train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),
-        skipped=all_skipped, notes=notes, layout="splits",
+        skipped=all_skipped, notes=notes, layout="splits", test_from=test_from,
     )
+
+
+def _carve(ds: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """Split ``fraction`` of each class off ``ds`` (seeded; every class keeps at least one image)."""
+    rng = np.random.default_rng(seed)
+    keep, take = ([], []), ([], [])
+    for idx in range(len(ds.class_names)):
+        members = [p for p, y in zip(ds.paths, ds.labels) if y == idx]
+        order = rng.permutation(len(members))
+        n = min(max(int(round(len(members) * fraction)), 1), len(members) - 1) if len(members) >= 2 else 0
+        for rank, i in enumerate(order):
+            part = take if rank < n else keep
+            part[0].append(members[i])
+            part[1].append(idx)
+    return (ImageDataset(*_sorted_pairs(keep), ds.class_names), ImageDataset(*_sorted_pairs(take), ds.class_names))
 
 
 def _balance_warnings(d: DataSplits) -> list[str]:
@@ -734,7 +756,8 @@ def add_class_images(root: str | Path, class_name: str, files: list[tuple[str, b
             skipped.append(Skipped(base, e.reason, cls))
             continue
         stem, ext = os.path.splitext(base)
-        stem = stem.strip(". ") or "image"
+        stem = stem.strip(". ")[:100] or "image"
+        ext = ext if len(ext) <= 10 else ""
         target, i = folder / f"{stem}{ext}", 1
         while target.exists():
             if target.stat().st_size == len(content) and target.read_bytes() == content:
@@ -779,7 +802,7 @@ def server_folders() -> list[Path] | None:
 
 
 def check_server_folder(path: str) -> Path:
-    """The folder ``path`` when reading it is allowed and it exists; else :class:`DataError` saying why."""
+    """The folder (or zip) ``path`` when reading it is allowed and it exists; else :class:`DataError` saying why."""
     allowed = server_folders()
     if allowed is None:
         raise DataError(f"folder: reading folders on the server is turned off here ({FOLDERS_ENV}=0). "
@@ -790,9 +813,11 @@ def check_server_folder(path: str) -> Path:
     p = Path(text).expanduser().resolve()
     if not any(p == a or a in p.parents for a in allowed):
         raise DataError(f"folder: Expected a folder under {', '.join(map(str, allowed))}. Received: {p}")
+    if p.is_file() and zipfile.is_zipfile(p):
+        return p
     if not p.is_dir():
-        what = "a file, not a folder" if p.exists() else "does not exist"
-        raise DataError(f"folder: Expected a folder of class folders. Received: {p} ({what})")
+        what = "a file, neither a folder nor a zip" if p.exists() else "does not exist"
+        raise DataError(f"folder: Expected a folder of class folders (or a zip). Received: {p} ({what})")
     return p
 
 

@@ -178,17 +178,20 @@ with folder_tab:
 # -- split settings --------------------------------------------------------------------------------
 data = st.session_state.get("data")
 own_splits = data is not None and data.layout == "splits"
+own_test = data is not None and data.test_from == "folder"
 val_col, test_col = st.columns(2)
 pct = val_col.select_slider("Validation share (used when the data has no validation/ folder)",
                             list(range(5, 55, 5)), value=int(round(cfg.val_split * 100)) // 5 * 5 or 5,
                             key="w_val_split", format_func=lambda v: f"{v}%", disabled=own_splits)
-test_pct = test_col.select_slider("Held-out test share (never seen in training; a final, honest score)",
-                                  list(range(0, 35, 5)), value=int(round(cfg.test_split * 100)) // 5 * 5,
-                                  key="w_test_split", format_func=lambda v: f"{v}%", disabled=own_splits)
+test_pct = test_col.select_slider("Held-out test share (used when the data has no test/ folder; never seen in "
+                                  "training, for a final honest score)", list(range(0, 35, 5)),
+                                  value=int(round(cfg.test_split * 100)) // 5 * 5, key="w_test_split",
+                                  format_func=lambda v: f"{v}%", disabled=own_test)
 if pct / 100 != cfg.val_split or test_pct / 100 != cfg.test_split:
+    test_changed = test_pct / 100 != cfg.test_split
     cfg = replace(cfg, val_split=pct / 100, test_split=test_pct / 100)
     st.session_state.config = cfg
-    if data is not None and data.layout == "classes":
+    if data is not None and (data.layout == "classes" or (test_changed and not own_test)):
         load(st.session_state.data_path, st.session_state.data_source, st.session_state.get("data_zip_name"))
 
 if st.session_state.get("data_error"):
@@ -210,8 +213,10 @@ else:
         st.info(f"Your data has no validation/ folder, so {cfg.val_split:.0%} of each class is held out for "
                 f"validation{test_text} (seed {cfg.seed}). Every run and comparison uses this same split.")
     else:
-        has_test = " and test/" if data.test is not None else ""
-        st.info(f"Using your own train/ and validation/{has_test} folders as they are.")
+        has_test = " and test/" if data.test_from == "folder" else ""
+        carved = (f" {cfg.test_split:.0%} of each class in train/ is kept aside as a test split (seed {cfg.seed})."
+                  if data.test_from == "fraction" else "")
+        st.info(f"Using your own train/ and validation/{has_test} folders as they are.{carved}")
     for w in data.warnings:
         st.warning(md(w.replace(" (--class-weights)", " (switch on Class weights below)")), icon=":material/balance:")
 

@@ -565,3 +565,17 @@ def test_thumbnails_spread_over_a_class_and_skip_files_gone_since(tmp_path):
     assert items["blue"][0][1].shape == (16, 16, 3)
     big = samples.preview_image(picked["red"][0], max_side=20)
     assert big.shape == (20, 20, 3)
+
+
+def test_a_test_fraction_comes_out_of_train_when_the_splits_have_no_test_folder(tmp_path):
+    root = tmp_path / "d"
+    write_colour_images(root / "train", per_class=10, classes=("red", "blue"))
+    write_colour_images(root / "validation", per_class=2, classes=("red", "blue"), seed=1)
+    d = load_dataset(root, test_split=0.2, seed=3)
+    assert d.layout == "splits" and d.test_from == "fraction"
+    assert d.test.counts() == {"blue": 2, "red": 2} and d.train.counts() == {"blue": 8, "red": 8}
+    assert not set(d.test.paths) & set(d.train.paths) and d.validation.counts() == {"blue": 2, "red": 2}
+    assert load_dataset(root, test_split=0.2, seed=3).test.paths == d.test.paths
+    write_colour_images(root / "test", per_class=1, classes=("red", "blue"), seed=2)
+    d = load_dataset(root, test_split=0.2)
+    assert d.test_from == "folder" and len(d.test) == 2 and len(d.train) == 20

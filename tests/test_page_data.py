@@ -202,3 +202,15 @@ def test_thumbnails_enlarge_on_click():
     at.button(key="thumb_0_0").click().run()
     assert not at.exception
     assert re.search(r"circle\\?_000\.png · PNG · 32×32 px", texts(at.caption))
+
+
+def test_split_zip_without_a_test_folder_gets_a_test_share_from_train():
+    at = app()
+    split = _zip({f"{s}/{c}/{i}.png": _img((200, 0, 0) if c == "red" else (0, 0, 200))
+                  for s, n in (("train", 10), ("val", 2)) for c in ("red", "blue") for i in range(n)})
+    at.file_uploader(key="data_zip").set_value(("split.zip", split, "application/zip")).run()
+    assert at.select_slider(key="w_val_split").disabled and not at.select_slider(key="w_test_split").disabled
+    at.select_slider(key="w_test_split").set_value(20).run()
+    data = at.session_state.data
+    assert data.test.counts() == {"blue": 2, "red": 2} and data.train.counts() == {"blue": 8, "red": 8}
+    assert "20% of each class in train/ is kept aside as a test split" in texts(at.info)

@@ -177,3 +177,50 @@ def test_from_scratch_batchnorm_statistics_are_recalibrated_before_validation(co
     np.testing.assert_allclose(after, batch_mode, rtol=1e-2, atol=1e-3 * np.abs(batch_mode).max())
     r = train(tiny_config(freeze="none", weights="none", epochs=2), colour_data_session)
     assert r.path == "full" and all(h["val_accuracy"] is not None for h in r.history)
+
+
+def test_recorder_driven_by_hand_best_epoch_patience_phases_and_stop():
+    """The bridge from Keras callbacks to listeners, without fit: monitor, patience per phase, Stop."""
+    import keras
+
+    from core.train import _Recorder
+
+    inp = keras.Input((2,))
+    model = keras.Model(inp, keras.layers.Dense(1)(inp))
+    rec_events = Recorder()
+    stop = StopFlag()
+    rec = _Recorder("r1", tiny_config(early_stopping=2, monitor="val_accuracy"), [rec_events], stop, model, total_epochs=6)
+    bridge = rec.keras_callback()
+    bridge.set_model(model)
+    bridge.set_params({"steps": 2, "epochs": 3})
+    dense = model.layers[-1]
+
+    def epoch(val_acc, value):
+        dense.kernel.assign(np.full((2, 1), value, np.float32))  # "training" moves the weights
+        bridge.on_epoch_begin(0)
+        for b in range(2):
+            bridge.on_train_batch_end(b, {"loss": 1.0})
+        bridge.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": val_acc})
+
+    rec.start_phase("head", 1e-3, model.weights)
+    for acc, w in ((0.5, 1.0), (0.8, 2.0), (0.7, 3.0), (0.6, 4.0)):
+        epoch(acc, w)
+    assert rec.early_stopped and model.stop_training  # two epochs without a better val_accuracy
+    assert rec.best == (2, 0.8)
+    rec.restore_best()
+    np.testing.assert_array_equal(dense.kernel.numpy(), np.full((2, 1), 2.0))
+    model.stop_training = False
+    rec.start_phase("fine-tune", 1e-4, model.weights)  # patience starts again; the best carries on
+    assert not rec.early_stopped
+    epoch(0.9, 5.0)
+    assert rec.best == (5, 0.9)
+    assert [(e.epoch, e.phase, e.lr, e.best_epoch) for e in rec_events.epochs] == [
+        (1, "head", 1e-3, 1), (2, "head", 1e-3, 2), (3, "head", 1e-3, 2), (4, "head", 1e-3, 2), (5, "fine-tune", 1e-4, 5)]
+    assert [(b.epoch, b.batch, b.batches, b.phase) for b in rec_events.batches[-2:]] == [(5, 1, 2, "fine-tune"), (5, 2, 2, "fine-tune")]
+    assert [h["phase"] for h in rec.history] == ["head"] * 4 + ["fine-tune"]
+    # Stop mid-epoch: the epoch is not recorded and training ends
+    stop.set()
+    bridge.on_epoch_begin(0)
+    bridge.on_train_batch_end(0, {"loss": 1.0})
+    bridge.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 1.0})
+    assert rec.stopped and model.stop_training and len(rec.history) == 5 and rec.best == (5, 0.9)

@@ -579,3 +579,18 @@ def test_a_test_fraction_comes_out_of_train_when_the_splits_have_no_test_folder(
     write_colour_images(root / "test", per_class=1, classes=("red", "blue"), seed=2)
     d = load_dataset(root, test_split=0.2)
     assert d.test_from == "folder" and len(d.test) == 2 and len(d.train) == 20
+
+
+@settings(max_examples=50, deadline=None)
+@given(name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40))
+def test_any_typed_class_name_is_one_safe_folder_or_refused(name):
+    from core.data import clean_class_name, is_junk
+
+    try:
+        cleaned = clean_class_name(name)
+    except DataError as e:
+        assert "class name: Expected" in str(e)
+        return
+    assert cleaned and "/" not in cleaned and "\\" not in cleaned and cleaned not in (".", "..")
+    assert not is_junk(cleaned) and cleaned == cleaned.strip()
+    assert len(Path(cleaned).parts) == 1

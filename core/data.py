@@ -192,8 +192,11 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
     return {d.name: files_under(d) for d in _visible_children(folder) if d.is_dir()}
 
 
-def extract_zip(zip_path: str | Path, dest_root: str | Path | None = None) -> Path:
-    """Extract a zip once into a cache folder keyed by its content; return the folder."""
+def extract_zip(zip_path: str | Path, dest_root: str | Path | None = None, progress=None) -> Path:
+    """Extract a zip once into a cache folder keyed by its content; return the folder.
+
+    ``progress(members done, members)`` is called while it unpacks.
+    """
     zip_path = Path(zip_path)
     h = hashlib.sha256()
     with open(zip_path, "rb") as f:
@@ -218,8 +221,10 @@ def extract_zip(zip_path: str | Path, dest_root: str | Path | None = None) -> Pa
         tmp = Path(tempfile.mkdtemp(dir=dest_root))
         written = 0
         try:
-            for info in infos:
+            for i, info in enumerate(infos, 1):
                 written += _extract_member(zf, info, tmp, zip_path, written)
+                if progress and (i % 64 == 0 or i == len(infos)):
+                    progress(i, len(infos))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -354,7 +359,8 @@ IMBALANCE_WARN = 5.0  # warn when the largest class has this many times the imag
 
 
 def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_split: float = 0.0,
-                 progress=None, unpack_dir: str | Path | None = None, name: str | None = None) -> DataSplits:
+                 progress=None, unpack_dir: str | Path | None = None, name: str | None = None,
+                 unpack_progress=None) -> DataSplits:
     """Find classes in a folder or zip, check every file, and split.
 
     Layouts: class folders at the root (``cats/…``, ``dogs/…``); one wrapper
@@ -366,6 +372,7 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
     A zip is unpacked (once) under ``unpack_dir`` (default: the shared cache; the
     app gives the person's workspace). ``name`` is what the person calls a zip
     (an upload is stored under a cleaned-up name); messages and reports use it.
+    ``unpack_progress(members done, members)`` is called while a zip is unpacked.
     """
     src = Path(path)
     if not src.exists():
@@ -375,7 +382,7 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, test_s
             raise DataError(f"data: Expected a folder or a .zip file. Received: {src.name} (not a zip archive)")
         shown = name or src.name
         try:
-            root = extract_zip(src, unpack_dir)
+            root = extract_zip(src, unpack_dir, unpack_progress)
         except DataError as e:
             raise DataError(str(e).replace(src.name, shown)) from None
         origins = {str(root): shown}

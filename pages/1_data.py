@@ -37,9 +37,12 @@ def load(path: str, name: str, zip_name: str | None = None) -> None:
     def progress(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"Checking {name}: {done:,} of {total:,} images")
 
+    def unpacking(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Unpacking {name}: {done:,} of {total:,} files")
+
     try:
         data = load_dataset(path, cfg.val_split, cfg.seed, test_split=cfg.test_split, progress=progress,
-                            unpack_dir=ws.folder("unpacked"), name=zip_name)
+                            unpack_dir=ws.folder("unpacked"), name=zip_name, unpack_progress=unpacking)
     except DataError as e:
         st.session_state.pop("data", None)
         st.session_state.data_error = f"{name}: {e}"

@@ -163,6 +163,13 @@ def test_progress_is_reported_while_scanning(tmp_path):
     seen = []
     load_dataset(root, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (60, 60) and all(t == 60 for _, t in seen)
+    z = tmp_path / "d.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted(root.rglob("*.png")):
+            zf.write(p, p.relative_to(root).as_posix())
+    unpacked, checked = [], []
+    load_dataset(z, progress=lambda d, t: checked.append((d, t)), unpack_progress=lambda d, t: unpacked.append((d, t)))
+    assert unpacked == [(60, 60)] and checked[-1] == (60, 60)
 
 
 def test_hostile_zips_nested_archives_and_bombs(tmp_path, monkeypatch):

@@ -186,10 +186,11 @@ val_col, test_col = st.columns(2)
 pct = val_col.select_slider("Validation share (used when the data has no validation/ folder)",
                             list(range(5, 55, 5)), value=int(round(cfg.val_split * 100)) // 5 * 5 or 5,
                             key="w_val_split", format_func=lambda v: f"{v}%", disabled=own_splits)
-test_pct = test_col.select_slider("Held-out test share (used when the data has no test/ folder; never seen in "
-                                  "training, for a final honest score)", list(range(0, 35, 5)),
+test_pct = test_col.select_slider("Held-out test share (used when the data has no test/ folder)", list(range(0, 35, 5)),
                                   value=int(round(cfg.test_split * 100)) // 5 * 5, key="w_test_split",
-                                  format_func=lambda v: f"{v}%", disabled=own_test)
+                                  format_func=lambda v: f"{v}%", disabled=own_test,
+                                  help="Kept aside from training and early stopping, for a final, honest score "
+                                       "on the Evaluate page")
 if pct / 100 != cfg.val_split or test_pct / 100 != cfg.test_split:
     test_changed = test_pct / 100 != cfg.test_split
     cfg = replace(cfg, val_split=pct / 100, test_split=test_pct / 100)

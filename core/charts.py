@@ -97,15 +97,23 @@ def class_balance_figure(counts) -> go.Figure:
     return fig
 
 
-def confusion_figure(cm_frame) -> go.Figure:
-    """Heat map of a confusion matrix frame (rows true, columns predicted) with counts."""
+def confusion_figure(cm_frame, normalized: bool = False) -> go.Figure:
+    """Heat map of a confusion matrix frame (rows true, columns predicted) with counts,
+    or with ``normalized`` the share of each true class (rows sum to 1), as percentages."""
     z = cm_frame.to_numpy()
     labels_x = [str(c) for c in cm_frame.columns]
     labels_y = [str(c) for c in cm_frame.index]
+    if normalized:
+        text = [[f"{v:.0%}" for v in row] for row in z]
+        hover = "true %{y}<br>predicted %{x}<br>%{z:.1%} of the true class<extra></extra>"
+    else:
+        text, hover = z, "true %{y}<br>predicted %{x}<br>%{z} image(s)<extra></extra>"
     fig = go.Figure(go.Heatmap(z=z, x=labels_x, y=labels_y, colorscale="Greens", showscale=False,
-                               text=z, texttemplate="%{text}", hovertemplate="true %{y}<br>predicted %{x}<br>%{z} image(s)<extra></extra>"))
+                               zmin=0, zmax=1 if normalized else None,
+                               text=text, texttemplate="%{text}", hovertemplate=hover))
     size = 120 + 60 * max(2, len(labels_y))
-    _layout(fig, "Confusion matrix", "predicted", "true", height=min(700, size))
+    _layout(fig, "Confusion matrix" + (" (share of each true class)" if normalized else ""), "predicted", "true",
+            height=min(700, size))
     fig.update_yaxes(autorange="reversed")
     return fig
 

@@ -221,10 +221,10 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """The image with the heat map blended over it (weak heat fades into the image)."""
     image = np.asarray(image, np.uint8)
     up = upsample(heat, image.shape[:2])
     colour = colormap(up).astype(np.float32)
-    a = (alpha * (0.25 + 0.75 * up))[..., None]
+    a = (alpha * up)[..., None]  # no heat, no tint: the image shows through
     return np.clip(image.astype(np.float32) * (1 - a) + colour * a, 0, 255).astype(np.uint8)

@@ -222,3 +222,15 @@ def test_a_cached_base_is_never_changed_by_building_or_training(tiny_weights, co
     assert [layer.name for layer in cached.layers] == names
     assert [layer.trainable for layer in cached.layers] == flags and cached.trainable
     assert [layer.momentum for layer in cached.layers if hasattr(layer, "momentum")][0] == 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BASES))
+def test_every_suggested_cut_of_every_base_cuts_to_its_listed_shape(name):
+    spec = BASES[name]
+    base = build_base(name, spec.min_size, spec.alphas[0] if spec.alphas else 1.0, "none")
+    cuts = suggested_cuts(base, name)
+    assert len(cuts) >= 4
+    assert cuts[-1][0] == base.layers[-1].name
+    for cut, shape in cuts:
+        assert tuple(cut_base(base, cut).output.shape) == shape and len(shape) == 4

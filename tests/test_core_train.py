@@ -224,3 +224,17 @@ def test_recorder_driven_by_hand_best_epoch_patience_phases_and_stop():
     bridge.on_train_batch_end(0, {"loss": 1.0})
     bridge.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 1.0})
     assert rec.stopped and model.stop_training and len(rec.history) == 5 and rec.best == (5, 0.9)
+
+
+def test_augmentation_moves_images_in_training_only_and_follows_its_seed():
+    from core.augment import augmentation_model
+
+    x = np.full((4, 32, 32, 3), 128.0, np.float32)
+    x[:, 4:14, 4:20] = (220, 40, 40)  # a red bar in the top-left corner
+    a, b = augmentation_model("default", seed=3), augmentation_model("default", seed=3)
+    out_a, out_b = np.asarray(a(x, training=True)), np.asarray(b(x, training=True))
+    np.testing.assert_allclose(out_a, out_b, atol=1e-4)  # same seed, same augmentation
+    assert out_a.shape == x.shape and np.abs(out_a - x).mean(axis=(1, 2, 3)).min() > 1.0  # every image moved
+    assert not np.allclose(out_a[0], out_a[1])  # each image its own draw
+    np.testing.assert_array_equal(np.asarray(a(x, training=False)), x)
+    assert augmentation_model("none") is None

@@ -301,6 +301,7 @@ class ExportedFile:
     name: str
     path: Path
     note: str = ""  # what it is, its size, a parity check
+    parity: dict | None = None  # tflite: core.tflite.compare's {"images", "max_abs_diff", "top_agree"}
 
     @property
     def size(self) -> int:
@@ -347,6 +348,9 @@ def export_model(model, class_names: list[str], out_dir: str | Path, formats=FOR
             if not cfg.is_file():
                 config.save(cfg)
             done.append(ExportedFile("config.json", cfg, "the experiment; python -m core train --config accepts it"))
+        if (out_dir / "run.json").is_file():  # written by training: dataset fingerprint, split files, scores
+            done.append(ExportedFile("run.json", out_dir / "run.json",
+                                     "the run: dataset fingerprint, train/validation/test files, best epoch"))
     if "tflite" in formats:
         from core import tflite
 
@@ -354,11 +358,12 @@ def export_model(model, class_names: list[str], out_dir: str | Path, formats=FOR
             name = tflite.QUANT_NAME if quant else tflite.FLOAT_NAME
             path = tflite.convert(model, out_dir / name, quantize=quant)
             note = "dynamic-range quantised (8-bit weights)" if quant else "float32"
+            c = None
             if check_images is not None and len(check_images):
                 c = tflite.compare(model, path, check_images)
                 note += (f"; LiteRT vs Keras on {c['images']} images: max |Δp| {c['max_abs_diff']:.2g}, "
                          f"same top class {c['top_agree']:.0%}")
-            done.append(ExportedFile(name, path, note))
+            done.append(ExportedFile(name, path, note, c))
     if "script" in formats:
         if config is None:
             from core.config import ConfigError

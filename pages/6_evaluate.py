@@ -316,6 +316,12 @@ if src is not None:
 
             st.dataframe(pd.DataFrame([{"file": f.name, "size": human_size(f.size), "what": f.note} for f in files]),
                          hide_index=True, width="stretch")
+            for f in files:
+                if f.parity and f.parity["top_agree"] is not None and f.parity["top_agree"] < 1:
+                    st.warning(f"{f.name} picks another class than the Keras model on "
+                               f"{1 - f.parity['top_agree']:.0%} of {f.parity['images']} images (probabilities differ "
+                               f"by up to {f.parity['max_abs_diff']:.2f}): close calls flip when weights are "
+                               "quantised. Prefer the float model.tflite, or check on your own images.")
             if src.run_dir:
                 st.caption(f"Also written into the run folder `{src.run_dir}`.")
             if src.config is None:

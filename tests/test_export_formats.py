@@ -62,6 +62,7 @@ def test_tflite_float_and_quantised_agree_with_keras_in_litert(run):
     float_size, quant_size = (out / "model.tflite").stat().st_size, (out / "model_quant.tflite").stat().st_size
     assert quant_size < float_size / 2.5  # 8-bit weights
     assert "max |Δp|" in files[0].note and "same top class 100%" in files[0].note
+    assert files[0].parity["images"] == 9 and files[0].parity["max_abs_diff"] < 1e-4 and files[0].parity["top_agree"] == 1
     print(f"tflite float {float_size} B, quantised {quant_size} B, max |dp| float "
           f"{np.abs(float_p - keras_p).max():.2g}, quantised {np.abs(quant_p - keras_p).max():.2g}")
 
@@ -174,6 +175,7 @@ def test_export_command_writes_the_chosen_formats(run, capsys):
     printed = capsys.readouterr().out
     assert "model.keras" in printed and "train.py" in printed and "tflite" not in printed
     assert (d / "train.py").is_file() and (d / "labels.json").is_file()
+    assert "run.json" in printed  # the dataset fingerprint travels with the export
     assert main(["export", str(d), "--format", "keras,onnx"]) == 2
     assert "Expected a comma-separated list of keras, tflite, script. Received: 'keras,onnx'" in capsys.readouterr().err
     assert main(["export", str(d.parent / "nowhere")]) == 1

@@ -109,8 +109,9 @@ def test_export_writes_tflite_script_and_zip_into_the_run_folder(trained):
     at.button(key="export_btn").click().run()
     assert not at.exception, at.exception
     table = at.dataframe[-1].value
-    assert table["file"].tolist() == ["model.keras", "labels.json", "config.json", "model.tflite", "train.py"]
-    assert "same top class 100%" in table.loc[3, "what"]
+    assert table["file"].tolist() == ["model.keras", "labels.json", "config.json", "run.json", "model.tflite",
+                                      "train.py"]
+    assert "same top class 100%" in table.loc[4, "what"]
     labels = [b.label for b in at.get("download_button")]
     assert "Download all (zip)" in labels and any(lb.startswith("Download model.tflite (") for lb in labels)
     run_dir = Path(trained.result.run_dir)

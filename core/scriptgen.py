@@ -147,7 +147,7 @@ def train_script(config: ExperimentConfig, class_names: list[str], run_id: str =
                         "                    for i, c in enumerate(counts)}\n")
     early = ""
     if config.early_stopping:
-        early = (f"        keras.callbacks.EarlyStopping(monitor={monitor!r}, patience={config.early_stopping}),\n")
+        early = (f"        keras.callbacks.EarlyStopping(monitor=\"{monitor}\", patience={config.early_stopping}),\n")
     fit_extra = ", class_weight=class_weight" if config.class_weights else ""
     fine = ""
     fine_layers = int(getattr(config, "fine_tune_layers", 0) or 0)
@@ -162,6 +162,8 @@ def train_script(config: ExperimentConfig, class_names: list[str], run_id: str =
                 f"                  loss=\"sparse_categorical_crossentropy\", metrics=[\"accuracy\"])\n"
                 f"    model.fit(train_ds, validation_data=val_ds, initial_epoch=args.epochs,\n"
                 f"              epochs=args.epochs + {fine_epochs}, callbacks=callbacks{fit_extra})\n")
+    scratch_note = ("\nTraining from scratch, the app also re-estimates the BatchNorm statistics from\n"
+                    "training images before each validation; this script leaves that out.") if not pretrained else ""
     needs_np = spec.preprocess == "caffe" or config.class_weights
     config_json = json.dumps(config.to_dict(), indent=4)
     return f'''r"""Train {spec.label} with your own dense head on your photos, in plain Keras.
@@ -180,7 +182,7 @@ validation/ folders, each holding the class folders):
 It writes my_run/model.keras (raw RGB 0-255 images in, class probabilities
 out) and my_run/labels.json. Unlike the app, it does not check every file
 before training, nor skip unreadable ones; its validation split is Keras's own,
-so scores differ a little from the app's.
+so scores differ a little from the app's.{scratch_note}
 """
 import argparse
 import json
@@ -252,7 +254,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     callbacks = [
         # keep the best epoch's model, as the app does
-        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor={monitor!r}, save_best_only=True),
+        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor="{monitor}", save_best_only=True),
 {early}    ]
     model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks{fit_extra})
 {fine}    (out / "labels.json").write_text(json.dumps({{"class_names": CLASS_NAMES}}, indent=2) + "\\n")

@@ -211,3 +211,29 @@ def test_a_model_carrying_python_code_is_refused_not_run(tmp_path, capsys):
     assert main(["evaluate", str(run_dir)]) == 1
     assert "carries Python code" in capsys.readouterr().err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("kw", [
+    dict(freeze="up-to:conv_pw_5_relu", cut="conv_pw_11_relu", augment="default", class_weights=True,
+         early_stopping=2, fine_tune_layers=3, fine_tune_epochs=1),
+    dict(base="efficientnet_b0", alpha=1.0, freeze="top:10", dense=[8, 4], dropout=[0.1, 0.5]),
+    dict(base="densenet121", alpha=1.0, freeze="all", pooling="flatten", dense=[], dropout=0.3),
+], ids=["mobilenet-cut-upto-finetune", "efficientnet-top", "densenet-flatten"])
+def test_train_script_matches_the_app_model_for_each_setting(kw, tmp_path):
+    import importlib.util
+
+    from core.model import build_model
+    from core.scriptgen import write_train_script
+    from tests.conftest import tiny_config
+
+    config = tiny_config(**kw)
+    script = write_train_script(config, ["a", "b", "c"], tmp_path / "train.py")
+    spec = importlib.util.spec_from_file_location("exported_train_" + config.base, script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model, _, _ = mod.build_model(None)
+    app = build_model(config, 3).model
+    assert [layer.name for layer in model.layers] == [layer.name for layer in app.layers]
+    assert model.count_params() == app.count_params()
+    trainable = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
+    assert trainable(model) == trainable(app)

@@ -772,6 +772,8 @@ def experiment_lines(config: ExperimentConfig | None, data=None, data_source: st
         result = getattr(run, "result", None) if p is None or not p.active else None
         if result is not None and getattr(result, "history", None) is not None:
             out.append(("Last run", f"{result.config.weights_label()}: {describe_result(result)}"))
+        elif p is not None and p.active:
+            out.append(("Last run", "running (its progress is on the Train page)"))
         elif p is not None:
             out.append(("Last run", p.text()))
     else:

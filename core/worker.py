@@ -143,6 +143,8 @@ class StoreListener(TrainingListener):
         if phase == "features":
             return rest
         per_epoch = self._per_epoch() or per_batch * batches
+        if len(self._durations) == 1 and batch > 1:  # the one epoch timed so far also traced the graph
+            per_epoch = min(per_epoch, per_batch * batches)
         return rest + per_epoch * max(0, self.epochs - max(epoch, self.epochs_done + 1))
 
     def on_epoch_end(self, event) -> None:

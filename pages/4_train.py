@@ -75,7 +75,7 @@ def live():
         return
     p = h.snapshot()
     st.progress(p.fraction(), text=p.text())
-    facts = [f"Epoch **{p.epoch}/{p.epochs}**" if p.epochs else None,
+    facts = [f"Epochs done **{p.epoch}/{p.epochs}**" if p.epochs else None,
              f"phase **{'computing base features' if p.phase == 'features' else p.phase}**"
              if p.phase not in ("", "starting", "done") else None,
              f"learning rate **{p.lr:.3g}**" if p.lr is not None else None,
@@ -86,6 +86,8 @@ def live():
     if p.active:
         right.button("Stop", on_click=h.request_stop, key="stop", disabled=p.stop_requested,
                      help="Ends at the next batch; finished epochs are kept.", width="stretch")
+    else:  # takes the Stop button's place, so no stale button stays after the run
+        right.caption(f"Run {p.status}.")
     frame = history_rows_frame(p.history)
     best = p.best_epoch if p.history else None
     note = "best epoch (weights kept)" if not p.active else "best so far"

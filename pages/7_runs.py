@@ -23,7 +23,7 @@ if not records:
     st.page_link("pages/4_train.py", label="Go to Train", icon=":material/show_chart:")
     st.stop()
 
-c1, c2, c3 = st.columns([2, 2, 1])
+c1, c2, c3 = st.columns([2, 2, 1.4])
 text = c1.text_input("Filter", key="w_runs_text", placeholder="e.g. dropout 0.5, mobilenet, failed")
 statuses = c2.multiselect("Status", list(STATUSES), key="w_runs_status", placeholder="any status")
 sort = c3.selectbox("Sort by", ["best validation accuracy", "newest"], key="w_runs_sort")

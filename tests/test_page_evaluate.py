@@ -96,6 +96,11 @@ def test_predict_uploads_camera_and_dataset_pick(trained):
     md = texts(at.markdown)
     assert "**red.png** →" in md and "**blue.png** →" in md
     assert "Download predictions.csv (2 images)" in [b.label for b in at.get("download_button")]
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (40, 60, 220)).save(buf, "JPEG")
+    at.camera_input(key="predict_camera").set_value(("photo.jpg", buf.getvalue(), "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert "**camera photo** →" in texts(at.markdown)
     at.selectbox(key="predict_pick").set_value(0).run()
     assert not at.exception
     first = Path(trained.data.test.paths[0]).name

@@ -475,6 +475,40 @@ def start_training(config: ExperimentConfig, data, workspace=None) -> RunHandle:
     return _launch(workspace, "train", [config], [run_label(config)], data)
 
 
+def start_continue(workspace, run_id: str, epochs: int = 0, fine_tune_layers: int = 0,
+                   fine_tune_epochs: int | None = None) -> RunHandle:
+    """Train a finished or stopped run further in a worker (:func:`core.train.continue_run`), in place.
+
+    ``epochs`` more of its last phase, then fine-tuning of the top ``fine_tune_layers`` base layers for
+    ``fine_tune_epochs``. The run's row goes back to running; its epochs are numbered on.
+    Raises ConfigError for a run that cannot go on, :class:`RunBusy` when a job is going.
+    """
+    from core.worker import run_job
+
+    check_idle(workspace)
+    store = open_store(workspace)
+    rec = store.get(run_id, history=False)
+    if rec is None:
+        raise ConfigError(f"continue: Expected a run of this workspace. Received: {run_id!r}")
+    if rec.status not in ("finished", "stopped") or not (Path(rec.run_dir) / "model.keras").is_file():
+        raise ConfigError(f"continue: Expected a finished or stopped run with a saved model. Received: "
+                          f"{rec.label or run_id}, {rec.status}" + ("" if rec.status == "failed" else ", no model.keras"))
+    if not int(epochs or 0) and not (int(fine_tune_layers or 0) and (fine_tune_epochs is None or int(fine_tune_epochs))):
+        raise ConfigError("continue: Expected more epochs or a fine-tuning phase (top layers > 0 and its epochs > 0). "
+                          "Received: nothing to add")
+    more = {"epochs": int(epochs or 0), "fine_tune_layers": int(fine_tune_layers or 0),
+            "fine_tune_epochs": None if fine_tune_epochs is None else int(fine_tune_epochs)}
+    job = {"data": str(Path(rec.run_dir) / "data.json"),
+           "runs": [{"id": rec.id, "config": json.dumps(rec.config), "run_dir": rec.run_dir, "continue": more}]}
+    store.resume(rec.id)
+    proc = multiprocessing.get_context("spawn").Process(target=run_job, args=(str(store.path), job),
+                                                         name="transfer-lab-continue", daemon=True)
+    proc.start()
+    _PROCESSES[rec.group] = proc
+    store.set_pid(rec.id, proc.pid)
+    return RunHandle(store.path, rec.group, "train", run_id=rec.id if rec.kind == "compare" else None)
+
+
 def run_label(config: ExperimentConfig) -> str:
     rates = "/".join(f"{r:g}" for r in config.dropout_rates())
     size = config.resolved_image_size()

@@ -159,11 +159,21 @@ class RunStore:
         self._write("UPDATE runs SET status='running', pid=?, started=?, updated=? WHERE id=?",
                     (pid if pid is not None else os.getpid(), now, now, run_id))
 
+    def resume(self, run_id: str, pid: int | None = None) -> None:
+        """A finished or stopped run goes on (more epochs, fine-tuning): queued again, its epochs kept."""
+        now = time.time()
+        self._write("UPDATE runs SET status='queued', outcome='', error='', stop_requested=0, finished=NULL, "
+                    "pid=?, updated=? WHERE id=?", (pid, now, run_id))
+
+    def set_config(self, run_id: str, config_json: str) -> None:
+        self._write("UPDATE runs SET config=?, updated=? WHERE id=?", (config_json, time.time(), run_id))
+
     def set_pid(self, run_id: str, pid: int) -> None:
         self._write("UPDATE runs SET pid=?, updated=? WHERE id=?", (pid, time.time(), run_id))
 
-    def add_epoch(self, run_id: str, row: dict, epochs: int | None = None) -> None:
-        """Record a finished epoch (and the best so far: highest validation accuracy, first wins)."""
+    def add_epoch(self, run_id: str, row: dict, epochs: int | None = None, best_epoch: int | None = None) -> None:
+        """Record a finished epoch and the best so far: the trainer's ``best_epoch`` when given (its
+        monitored metric), else the highest validation accuracy (first wins)."""
         vals = {k: _num(row.get(k)) for k in METRICS}
         epoch = int(row["epoch"])
         with self._connect() as db:
@@ -175,7 +185,12 @@ class RunStore:
             best = db.execute("SELECT best_val_accuracy FROM runs WHERE id=?", (run_id,)).fetchone()
             va = vals["val_accuracy"]
             now = time.time()
-            if va is not None and best is not None and (best[0] is None or va > best[0]):
+            if best_epoch is not None and best is not None:
+                got = db.execute("SELECT val_accuracy FROM epochs WHERE run_id=? AND epoch=?",
+                                 (run_id, int(best_epoch))).fetchone()
+                db.execute("UPDATE runs SET best_epoch=?, best_val_accuracy=?, updated=? WHERE id=?",
+                           (int(best_epoch), got[0] if got else None, now, run_id))
+            elif va is not None and best is not None and (best[0] is None or va > best[0]):
                 db.execute("UPDATE runs SET best_epoch=?, best_val_accuracy=?, updated=? WHERE id=?",
                            (epoch, va, now, run_id))
             if epochs is not None:

@@ -108,6 +108,7 @@ class StoreListener(TrainingListener):
         self.path = getattr(plan, "path", "")
         self.lr = getattr(plan, "lr", None) or getattr(getattr(plan, "config", None), "lr", None)
         self.warnings = list(getattr(plan, "warnings", []) or [])
+        self.epochs_done = int(getattr(plan, "initial_epoch", 0) or 0)  # a continued run numbers on
         self._mark = self.clock()
         self.store.set_progress(self.run_id, self._progress(phase="starting", epoch=0, batch=0, batches=0, eta_s=None),
                                 epochs=self.epochs)
@@ -162,7 +163,7 @@ class StoreListener(TrainingListener):
         self._mark = now
         self.epochs = max(self.epochs, int(getattr(event, "epochs", 0) or 0))
         self.epochs_done = row["epoch"]
-        self.store.add_epoch(self.run_id, row, epochs=self.epochs)
+        self.store.add_epoch(self.run_id, row, epochs=self.epochs, best_epoch=getattr(event, "best_epoch", None))
         self._written = now
         self.store.set_progress(self.run_id, self._progress(phase=row["phase"], epoch=row["epoch"], batch=0,
                                                             batches=0, eta_s=self._eta_after_epoch()))
@@ -193,7 +194,8 @@ def error_text(e: BaseException) -> str:
 def run_job(store_path: str, job: dict) -> None:
     """Train each run of ``job`` in turn, writing everything into the store at ``store_path``.
 
-    ``job``: ``{"data": path of data.json, "runs": [{"id", "config" (JSON), "run_dir"}, …]}``.
+    ``job``: ``{"data": path of data.json, "runs": [{"id", "config" (JSON), "run_dir"}, …]}``; a run
+    with ``"continue": {"epochs", "fine_tune_layers", "fine_tune_epochs"}`` goes on from its folder.
     A failure marks that run failed with its error and the job's later runs as not run.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -220,10 +222,17 @@ def run_job(store_path: str, job: dict) -> None:
         store.start(rid, os.getpid())
         listener = StoreListener(store, rid)
         try:
-            from core.train import train
+            from core.train import continue_run, train
 
-            result = train(ExperimentConfig.from_json(r["config"]), data, listeners=[listener], stop=stop,
-                           run_dir=r["run_dir"])
+            if r.get("continue"):  # more epochs or fine-tuning of a finished run, in its folder
+                more = r["continue"]
+                result = continue_run(r["run_dir"], epochs=int(more.get("epochs") or 0),
+                                      fine_tune_layers=more.get("fine_tune_layers") or None,
+                                      fine_tune_epochs=more.get("fine_tune_epochs"), data=data,
+                                      listeners=[listener], stop=stop)
+            else:
+                result = train(ExperimentConfig.from_json(r["config"]), data, listeners=[listener], stop=stop,
+                               run_dir=r["run_dir"])
         except Exception as e:
             failed = f"an earlier run failed ({error_text(e)[:200]})"
             store.finish(rid, "failed", error=error_text(e))
@@ -232,6 +241,8 @@ def run_job(store_path: str, job: dict) -> None:
         done.update(timings={k: round(float(v), 3) for k, v in result.timings.items()}, params=result.params,
                     warnings=listener.warnings)
         store.set_progress(rid, done)
+        if r.get("continue"):
+            store.set_config(rid, result.config.to_json())  # the schedule the run has now been through
         store.finish(rid, "stopped" if result.status == "stopped" else "finished", outcome=result.status,
                      best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
         del result

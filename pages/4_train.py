@@ -38,7 +38,20 @@ patience = int(c3.number_input("Early stopping: patience in epochs (0 = off)", m
                                step=1, key="w_patience",
                                help="Stop when validation loss has not improved for this many epochs; "
                                     "the best epoch's weights are kept either way."))
-cfg = replace(cfg, epochs=epochs, batch_size=int(batch), early_stopping=patience)
+init("w_ft_layers", int(cfg.fine_tune_layers))
+init("w_ft_epochs", int(cfg.fine_tune_epochs))
+with st.expander("Then fine-tune (optional)", expanded=bool(cfg.fine_tune_layers)):
+    f1, f2 = st.columns(2)
+    ft_layers = int(f1.number_input("Unlock the top N base layers after the first phase (0 = no fine-tuning)",
+                                    min_value=0, max_value=10_000, step=1, key="w_ft_layers",
+                                    help="BatchNorm layers stay locked; training goes on at a learning rate "
+                                         "10× lower."))
+    ft_epochs = int(f2.number_input("Fine-tuning epochs", min_value=0, max_value=1000, step=1, key="w_ft_epochs",
+                                    disabled=not ft_layers))
+    if ft_layers:
+        st.caption(f"Fine-tuning at learning rate {cfg.resolved_fine_tune_lr():g}; the charts mark where it begins.")
+cfg = replace(cfg, epochs=epochs, batch_size=int(batch), early_stopping=patience, fine_tune_layers=ft_layers,
+              fine_tune_epochs=ft_epochs)
 st.session_state.config = cfg
 
 st.caption(f"{cfg.base}, {cfg.resolved_image_size()} px, weights **{cfg.weights_label()}**, lock {cfg.freeze}, "

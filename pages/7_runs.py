@@ -4,8 +4,9 @@ import json
 import streamlit as st
 
 from core import charts
-from core.experiments import (delete_runs, filter_runs, handle_for_run, history_rows_frame, open_store,
-                              reconcile, record_text, run_name, runs_curves, runs_table)
+from core.config import ConfigError
+from core.experiments import (RunBusy, delete_runs, filter_runs, handle_for_run, history_rows_frame, open_store,
+                              reconcile, record_text, run_name, runs_curves, runs_table, start_continue)
 from core.runstore import STATUSES
 
 st.title("Runs")
@@ -71,6 +72,22 @@ if rec is not None:
         right.caption("Still running: its progress is on the Train (or Compare) page.")
     elif rec.run_dir:
         right.caption(f"Run folder: `{rec.run_dir}`")
+    if has_model:
+        with st.expander("Continue or fine-tune this run"):
+            st.caption("Training goes on from the run's best weights, in its own folder; epochs are numbered on "
+                       "and the charts continue, the start of fine-tuning marked.")
+            k1, k2, k3 = st.columns(3)
+            more = int(k1.number_input("More epochs (same phase)", 0, 1000, 0, key="w_runs_more"))
+            top = int(k2.number_input("Then fine-tune the top N base layers (0 = no)", 0, 10_000, 0,
+                                      key="w_runs_ft_layers", help="BatchNorm layers stay locked."))
+            ft_epochs = int(k3.number_input("Fine-tuning epochs", 0, 1000, 5, key="w_runs_ft_epochs",
+                                            disabled=not top))
+            if st.button("Continue", key="runs_continue", disabled=not (more or (top and ft_epochs))):
+                try:
+                    st.session_state.run = start_continue(workspace, rec.id, more, top, ft_epochs if top else None)
+                    st.switch_page("pages/4_train.py")
+                except (ConfigError, RunBusy) as e:
+                    st.error(str(e))
     with st.expander("Configuration and history"):
         st.code(json.dumps(rec.config, indent=2), language="json")
         st.dataframe(frame, hide_index=True, width="stretch")

@@ -713,64 +713,31 @@ def history_rows_frame(rows: list[dict], run: str | None = None):
 # -- plans: what a setting costs, without building the whole model -----------------------------------
 
 def cut_index(base, cut: str | None) -> int:
-    """Index of the last layer kept when the base is cut at ``cut`` (the last layer if None)."""
-    names = [layer.name for layer in base.layers]
-    if not cut or cut not in names:
-        return len(names) - 1
-    return names.index(cut)
+    """Index of the last layer kept when the base is cut at ``cut`` (see core.freeze)."""
+    from core.freeze import cut_index as _cut_index
+
+    return _cut_index(base, cut)
 
 
 def lock_param_counts(base, config: ExperimentConfig, num_classes: int) -> dict:
-    """Trainable and locked parameters of the model ``config`` would build on ``base``.
+    """Trainable and locked parameters of the model ``config`` would build on ``base`` (see core.freeze)."""
+    from core.freeze import lock_param_counts as _counts
 
-    Counts as ``model.summary()`` does (BatchNorm moving statistics are never
-    trainable; unlocked BatchNorm scale/offset only with ``train_batchnorm``),
-    using the (un-mutated) base's layers up to the cut, plus the head estimate.
-    Raises ConfigError for an unknown ``up-to`` layer.
-    """
-    from core.freeze import BATCHNORM_TYPES, FreezeSpec, batchnorm_trains, count_params
-    from core.head import head_param_estimate
-
-    last = cut_index(base, config.cut)
-    layers = base.layers[: last + 1]
-    mask = FreezeSpec.parse(config.freeze).locked_mask([layer.name for layer in layers])
-    trainable = locked = 0
-    for layer, is_locked in zip(layers, mask):
-        total = count_params(layer.weights)
-        can_train = count_params(layer.trainable_weights) if layer.trainable else 0
-        is_bn = type(layer).__name__ in BATCHNORM_TYPES
-        t = 0 if is_locked or (is_bn and not batchnorm_trains(config)) else can_train
-        trainable += t
-        locked += total - t
-    feature_shape = tuple(int(d) for d in layers[-1].output.shape[1:])
-    head = head_param_estimate(feature_shape, config, num_classes) if len(feature_shape) == 3 else 0
-    return {"base_trainable": trainable, "base_locked": locked, "head": head,
-            "trainable": trainable + head, "locked": locked, "total": trainable + locked + head,
-            "feature_shape": feature_shape}
+    return _counts(base, config, num_classes)
 
 
 def imagenet_problem(base: str, image_size: int, alpha: float) -> str | None:
-    """None when ImageNet weights can be had for this base, else the reason (plain words)."""
-    from core.bases import WeightsError, build_base
+    """None when ImageNet weights can be had for this base, else the reason (see core.bases)."""
+    from core.bases import imagenet_problem as _problem
 
-    try:
-        build_base(base, image_size, alpha, "imagenet")
-    except WeightsError as e:
-        return str(e)
-    except Exception as e:  # an odd size or alpha without published weights, …
-        return f"ImageNet weights for {base}: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}"
-    return None
+    return _problem(base, image_size, alpha)
 
 
 def check_weights_file(base: str, image_size: int, alpha: float, path: str) -> str | None:
-    """None when the weights file fits this base, else the reason from core.bases."""
-    from core.bases import WeightsError, build_base
+    """None when the weights file fits this base, else the reason (see core.bases)."""
+    from core.bases import weights_file_problem
 
-    try:
-        build_base(base, image_size, alpha, path)
-    except WeightsError as e:
-        return str(e)
-    return None
+    return weights_file_problem(base, image_size, alpha, path)
 
 
 # -- the experiment so far, in words (the sidebar) ---------------------------------------------------
@@ -824,26 +791,7 @@ def _rates_ok(config) -> bool:
 
 
 def layer_rows(base, config: ExperimentConfig) -> list[dict]:
-    """The layer table (like ``model.summary()``) with each layer's state under ``config``.
+    """The layer table with each layer's state under ``config`` (see core.freeze.layer_rows)."""
+    from core.freeze import layer_rows as _rows
 
-    ``state`` is "trainable", "locked", "no weights" or "cut off" (after the cut
-    layer, not part of the model). Raises ConfigError for an unknown lock layer.
-    """
-    from core.freeze import BATCHNORM_TYPES, FreezeSpec, batchnorm_trains, layer_table
-
-    rows = layer_table(base, "none")
-    last = cut_index(base, config.cut)
-    names = [r["name"] for r in rows[: last + 1]]
-    mask = FreezeSpec.parse(config.freeze).locked_mask(names)
-    for i, row in enumerate(rows):
-        is_bn = row["type"] in BATCHNORM_TYPES
-        if i > last:
-            row["trainable"], row["state"] = False, "cut off"
-        elif not row["params"]:
-            row["trainable"], row["state"] = False, "no weights"
-        elif mask[i] or (is_bn and not batchnorm_trains(config)):
-            row["trainable"] = False
-            row["state"] = "locked" if mask[i] else "locked (BatchNorm)"
-        else:
-            row["trainable"], row["state"] = True, "trainable"
-    return rows
+    return _rows(base, config)

@@ -310,6 +310,8 @@ def continue_run(
     new.epochs = max(1, done["first"])
     if done["fine-tune"]:
         new.fine_tune_epochs = done["fine-tune"]
+    else:  # stopped before its fine-tuning began: the config says what was done
+        new.fine_tune_layers = 0
     phases = [p for p in phases if p.epochs > 0]
     if not phases:
         raise ConfigError("continue: Expected more epochs or a fine-tuning phase (fine_tune_layers > 0 with "

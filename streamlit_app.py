@@ -7,41 +7,56 @@ experiment so far. Session keys: ``data`` (DataSplits), ``data_source``
 (the last training handle, its ``.result`` a RunResult), ``compare`` (the
 dropout comparison handle), ``weights_file`` (an uploaded weights file).
 """
+from pathlib import Path
+
 import streamlit as st
 
 from core.config import ExperimentConfig
 from core.experiments import experiment_lines, latest_handle
 from core.workspace import Workspace
 
-st.set_page_config(page_title="Transfer Lab", page_icon=":material/science:", layout="wide")
+ICON = Path(__file__).with_name("assets") / "icon.png"  # served by the app itself: no font download
 
-if "config" not in st.session_state:
-    st.session_state.config = ExperimentConfig()
-if "workspace" not in st.session_state:
-    st.session_state.workspace = Workspace.open(st.query_params.get("ws"))
-if st.query_params.get("ws") != st.session_state.workspace.id:  # page switches drop query params
-    st.query_params["ws"] = st.session_state.workspace.id
-if "run" not in st.session_state:  # a refresh: reattach to the workspace's last run (the run store)
-    st.session_state.run = latest_handle(st.session_state.workspace)
 
-PAGES = [
-    st.Page("pages/1_data.py", title="1 · Data", icon=":material/folder_open:", url_path="data", default=True),
-    st.Page("pages/2_base.py", title="2 · Base & layers", icon=":material/layers:", url_path="base"),
-    st.Page("pages/3_head.py", title="3 · Head & augmentation", icon=":material/tune:", url_path="head"),
-    st.Page("pages/4_train.py", title="4 · Train", icon=":material/show_chart:", url_path="train"),
-    st.Page("pages/5_compare.py", title="5 · Compare dropout", icon=":material/compare_arrows:", url_path="compare"),
-    st.Page("pages/6_evaluate.py", title="6 · Evaluate & export", icon=":material/download:", url_path="evaluate"),
-    st.Page("pages/7_runs.py", title="Runs", icon=":material/history:", url_path="runs"),
-]
-page = st.navigation(PAGES)
+def pages() -> list:
+    return [
+        st.Page("pages/1_data.py", title="1 · Data", icon=":material/folder_open:", url_path="data", default=True),
+        st.Page("pages/2_base.py", title="2 · Base & layers", icon=":material/layers:", url_path="base"),
+        st.Page("pages/3_head.py", title="3 · Head & augmentation", icon=":material/tune:", url_path="head"),
+        st.Page("pages/4_train.py", title="4 · Train", icon=":material/show_chart:", url_path="train"),
+        st.Page("pages/5_compare.py", title="5 · Compare dropout", icon=":material/compare_arrows:", url_path="compare"),
+        st.Page("pages/6_evaluate.py", title="6 · Evaluate & export", icon=":material/download:", url_path="evaluate"),
+        st.Page("pages/7_runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+    ]
 
-# Filled after the page ran, so it shows what the page just changed.
-summary = st.sidebar.container()
-page.run()
 
-with summary:
-    st.markdown("#### Your experiment")
-    lines = experiment_lines(st.session_state.get("config"), st.session_state.get("data"),
-                             st.session_state.get("data_source"), st.session_state.get("run"))
-    for label, text in lines:
-        st.markdown(f"**{label}**  \n{text}")
+def main() -> None:
+    st.set_page_config(page_title="Transfer Lab", page_icon=str(ICON), layout="wide")
+
+    if "config" not in st.session_state:
+        st.session_state.config = ExperimentConfig()
+    if "workspace" not in st.session_state:
+        st.session_state.workspace = Workspace.open(st.query_params.get("ws"))
+    if st.query_params.get("ws") != st.session_state.workspace.id:  # page switches drop query params
+        st.query_params["ws"] = st.session_state.workspace.id
+    if "run" not in st.session_state:  # a refresh: reattach to the workspace's last run (the run store)
+        st.session_state.run = latest_handle(st.session_state.workspace)
+
+    page = st.navigation(pages())
+
+    # Filled after the page ran, so it shows what the page just changed.
+    summary = st.sidebar.container()
+    page.run()
+
+    with summary:
+        st.markdown("#### Your experiment")
+        lines = experiment_lines(st.session_state.get("config"), st.session_state.get("data"),
+                                 st.session_state.get("data_source"), st.session_state.get("run"))
+        for label, text in lines:
+            st.markdown(f"**{label}**  \n{text}")
+
+
+# Streamlit runs this file as __main__; a training worker (multiprocessing "spawn") imports it as
+# __mp_main__ and must not run the app, nor open a workspace of its own.
+if __name__ == "__main__":
+    main()

@@ -126,3 +126,119 @@ def probability_figure(rows) -> go.Figure:
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+# -- comparisons (core.compare) ------------------------------------------------------------------------
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
+
+
+def _per_epoch(df, metric: str):
+    """Mean, min and max of ``metric`` over a value's seeds, per epoch."""
+    import pandas as pd
+
+    values = pd.to_numeric(df[metric], errors="coerce")
+    g = values.groupby(df["epoch"])
+    return g.mean(), g.min(), g.max(), int(df["seed"].nunique()) if "seed" in df else 1
+
+
+def compare_band_figure(curves, metric: str = "val_accuracy") -> go.Figure:
+    """One colour per compared value: the mean of ``metric`` over its seeds per epoch, with the
+    range over seeds shaded when there are several (the noise, shown)."""
+    fig = go.Figure()
+    if curves is not None and len(curves):
+        for i, (run, df) in enumerate(curves.groupby("run", sort=False)):
+            colour = PALETTE[i % len(PALETTE)]
+            mean, lo, hi, seeds = _per_epoch(df, metric)
+            if seeds > 1:
+                fig.add_trace(go.Scatter(x=list(hi.index) + list(lo.index[::-1]), y=list(hi) + list(lo[::-1]),
+                                         fill="toself", fillcolor=_rgba(colour, 0.15), line=dict(width=0),
+                                         hoverinfo="skip", showlegend=False, name=f"{run} range"))
+            fig.add_trace(go.Scatter(x=list(mean.index), y=list(mean), mode="lines+markers", line=dict(color=colour),
+                                     name=str(run) + (f" (mean of {seeds} seeds)" if seeds > 1 else "")))
+    _layout(fig, METRIC_TITLES.get(metric, metric), "epoch", metric)
+    if "accuracy" in metric:
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def small_multiples_figure(curves) -> go.Figure:
+    """One panel per compared value: train accuracy re-scored without dropout (solid) against
+    validation accuracy (dashed), so each value's gap is visible on its own."""
+    from plotly.subplots import make_subplots
+
+    groups = list(curves.groupby("run", sort=False)) if curves is not None and len(curves) else []
+    n = max(1, len(groups))
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[str(g[0]) for g in groups] or [""],
+                        shared_yaxes=True, horizontal_spacing=0.04, vertical_spacing=0.16)
+    for i, (run, df) in enumerate(groups):
+        r, c = i // cols + 1, i % cols + 1
+        for metric, name, colour, dash in (("train_eval_accuracy", "train (no dropout)", TRAIN_COLOUR, "solid"),
+                                           ("val_accuracy", "validation", VAL_COLOUR, "dash")):
+            mean, _, _, _ = _per_epoch(df, metric)
+            fig.add_trace(go.Scatter(x=list(mean.index), y=list(mean), mode="lines", name=name, legendgroup=name,
+                                     showlegend=i == 0, line=dict(color=colour, dash=dash)), row=r, col=c)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    _layout(fig, "Train vs validation accuracy, per setting", "", "", height=260 * rows + 60)
+    return fig
+
+
+def compare_bars_figure(table, column: str = "rate") -> go.Figure:
+    """Bars of best validation accuracy and of the final train–validation gap for each compared
+    value, with the spread over seeds as error bars."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["Best validation accuracy", "Final train–validation gap"],
+                        horizontal_spacing=0.12)
+    if table is not None and len(table):
+        x = [str(lbl) for lbl in table["label"]]
+        for col, (metric, sd, colour) in enumerate((("best val accuracy", "best val accuracy sd", VAL_COLOUR),
+                                                     ("final gap", "final gap sd", TRAIN_COLOUR)), start=1):
+            err = [0 if v != v else v for v in table[sd]]
+            fig.add_trace(go.Bar(x=x, y=table[metric], marker_color=colour, showlegend=False,
+                                 error_y=dict(type="data", array=err, visible=any(err)),
+                                 text=[f"{v:.0%}" if v == v else "" for v in table[metric]], textposition="outside"),
+                          row=1, col=col)
+    fig.update_yaxes(tickformat=".0%")
+    fig.update_yaxes(range=[0, 1.1], row=1, col=1)
+    _layout(fig, "", "", "", height=340)
+    return fig
+
+
+def comparison_figures(result) -> dict:
+    """Every chart of a comparison (a core.compare.CompareResult), by name."""
+    from core.compare import get_setting
+
+    curves, table = result.curves(), result.table()
+    return {
+        "val_accuracy": compare_band_figure(curves, "val_accuracy"),
+        "val_loss": compare_band_figure(curves, "val_loss"),
+        "panels": small_multiples_figure(curves),
+        "bars": compare_bars_figure(table, get_setting(result.setting).column),
+    }
+
+
+def comparison_html(result) -> str:
+    """A standalone HTML page (plotly.js inside, no network needed) with the comparison's
+    table, verdict thresholds and charts."""
+    import html
+
+    from core.compare import get_setting
+
+    spec = get_setting(result.setting)
+    table = result.table().drop(columns=["variant"])
+    figs = comparison_figures(result)
+    parts = []
+    for i, fig in enumerate(figs.values()):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0))
+    rules = "".join(f"<li>{html.escape(t).replace('**', '')}</li>" for t in result.thresholds.text())
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Transfer Lab: "
+            f"{html.escape(spec.title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
+            f"<h1>{html.escape(spec.title)}</h1>"
+            + table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="")
+            + f"<p>Verdicts:</p><ul>{rules}</ul>" + "".join(parts) + "</body></html>")

@@ -1,4 +1,4 @@
-"""The headless command: ``python -m core train …`` and ``python -m core predict …``.
+"""The headless command: ``python -m core train …``, ``compare-dropout …``, ``predict …`` and more.
 
 The same core the app calls: this file only parses arguments, prints
 progress and maps errors to exit codes (2: wrong command line or setting,
@@ -20,7 +20,7 @@ from core.config import ConfigError, ExperimentConfig
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         words = self.prog.split()
-        cmd = f"python -m core {words[-1]} --help" if words[-1] in ("train", "continue", "scan", "predict", "evaluate", "export") else "python -m core --help"
+        cmd = f"python -m core {words[-1]} --help" if words[-1] in ("train", "compare-dropout", "compare", "continue", "scan", "predict", "evaluate", "export") else "python -m core --help"
         print(f"error: {message} (see: {cmd})", file=sys.stderr)
         raise SystemExit(2)
 
@@ -32,36 +32,26 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="folder or .zip with class folders, or train/ + validation/")
     t.add_argument("--out", required=True, help="run folder to write model.keras, config.json, … into")
     t.add_argument("--config", help="a config.json (as written into a run folder); flags override it")
-    t.add_argument("--base", help="mobilenet, mobilenet_v2 (default), inception_v3, efficientnet_b0, resnet50, …")
-    t.add_argument("--alpha", type=float, help="width of MobileNet families (default 1.0)")
-    t.add_argument("--image-size", type=int, help="square input size (default: the base's)")
-    t.add_argument("--weights", help="imagenet (default), none, or a weights file (.h5 / .weights.h5)")
-    t.add_argument("--freeze", help="all (default), none, up-to:LAYER, top:N")
-    t.add_argument("--cut", help="attach the head at this layer of the base (default: its last)")
-    t.add_argument("--train-batchnorm", action="store_true", default=None,
-                   help="let unlocked BatchNorm layers train too (off by default)")
-    t.add_argument("--pooling", help="gap (default) or flatten")
-    t.add_argument("--dense", type=int, action="append", help="units of a hidden dense layer; repeat for several; 0 for none (default 128)")
-    t.add_argument("--dropout", type=float, action="append", help="rate after each hidden dense layer, 0 <= rate < 1 (default 0.2); repeat for one per layer")
-    t.add_argument("--augment", help="none (default) or default (flip, rotation, zoom, shift, contrast)")
-    t.add_argument("--optimizer", help="rmsprop (default), adam or sgd")
-    t.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
-    t.add_argument("--epochs", type=int, help="default 10")
-    t.add_argument("--batch-size", type=int, help="default 32")
-    t.add_argument("--val-split", type=float, help="validation fraction when the data has no validation/ (default 0.2)")
-    t.add_argument("--test-split", type=float, help="fraction held out as a test split when the data has no test/ (default 0)")
-    t.add_argument("--class-weights", action="store_true", default=None, help="weight classes by inverse frequency")
-    t.add_argument("--early-stopping", type=int, metavar="PATIENCE",
-                   help="end a phase after PATIENCE epochs without a better --monitor value (default off)")
-    t.add_argument("--monitor", help="val_loss (default) or val_accuracy: picks the best epoch, whose weights are "
-                                     "kept, and drives --early-stopping")
-    t.add_argument("--fine-tune", type=int, metavar="N", dest="fine_tune",
-                   help="after the head phase, unlock the top N base layers (BatchNorm stays locked unless "
-                        "--train-batchnorm) and train on at a lower learning rate (default 0: no fine-tuning)")
-    t.add_argument("--fine-tune-epochs", type=int, metavar="E", help="epochs of the fine-tuning phase (default 10)")
-    t.add_argument("--fine-tune-lr", type=float, metavar="LR", help="learning rate of the fine-tuning phase (default --lr / 10)")
-    t.add_argument("--seed", type=int, help="seeds the split, the weights and the shuffling (default 0)")
+    _add_experiment_flags(t)
     _add_run_flags(t)
+
+    for name, text in (("compare-dropout", "train the same experiment at several dropout rates and compare them"),
+                       ("compare", "train the same experiment with one other setting varied and compare")):
+        cd = sub.add_parser(name, help=text)
+        cd.add_argument("--data", required=True, help="folder or .zip with class folders, or train/ + validation/")
+        cd.add_argument("--out", required=True, help="folder for one run folder per value and comparison.csv / .html")
+        cd.add_argument("--config", help="a config.json (as written into a run folder); flags override it")
+        if name == "compare-dropout":
+            cd.add_argument("--rates", default="0,0.2,0.5,0.8", help="dropout rates, 0 <= rate < 1 (default 0,0.2,0.5,0.8)")
+            cd.add_argument("--placement", choices=("each", "output"), default="each",
+                            help="the rate after each hidden dense layer (default) or only before the output")
+        else:
+            cd.add_argument("--setting", required=True, choices=("weights", "freeze", "augment"),
+                            help="weights (e.g. imagenet,none), freeze (e.g. all,top:20) or augment (none,default)")
+            cd.add_argument("--values", help="the values to compare, separated by commas (default: the setting's pair)")
+        cd.add_argument("--seeds", type=int, default=1, help="repeat each value over N seeds (seed, seed+1, …; default 1)")
+        _add_experiment_flags(cd)
+        _add_run_flags(cd)
 
     c = sub.add_parser("continue", help="train a finished or stopped run further (more epochs or fine-tuning), in its folder")
     c.add_argument("run", help="a run folder written by train (model.keras, config.json, history.csv, run.json)")
@@ -95,6 +85,39 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--quantize", action="store_true",
                     help="also write model_quant.tflite (dynamic-range quantised, about 4x smaller)")
     return p
+
+
+def _add_experiment_flags(t) -> None:
+    """The experiment's settings, as train and the compare commands take them."""
+    t.add_argument("--base", help="mobilenet, mobilenet_v2 (default), inception_v3, efficientnet_b0, resnet50, …")
+    t.add_argument("--alpha", type=float, help="width of MobileNet families (default 1.0)")
+    t.add_argument("--image-size", type=int, help="square input size (default: the base's)")
+    t.add_argument("--weights", help="imagenet (default), none, or a weights file (.h5 / .weights.h5)")
+    t.add_argument("--freeze", help="all (default), none, up-to:LAYER, top:N")
+    t.add_argument("--cut", help="attach the head at this layer of the base (default: its last)")
+    t.add_argument("--train-batchnorm", action="store_true", default=None,
+                   help="let unlocked BatchNorm layers train too (off by default)")
+    t.add_argument("--pooling", help="gap (default) or flatten")
+    t.add_argument("--dense", type=int, action="append", help="units of a hidden dense layer; repeat for several; 0 for none (default 128)")
+    t.add_argument("--dropout", type=float, action="append", help="rate after each hidden dense layer, 0 <= rate < 1 (default 0.2); repeat for one per layer")
+    t.add_argument("--augment", help="none (default) or default (flip, rotation, zoom, shift, contrast)")
+    t.add_argument("--optimizer", help="rmsprop (default), adam or sgd")
+    t.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    t.add_argument("--epochs", type=int, help="default 10")
+    t.add_argument("--batch-size", type=int, help="default 32")
+    t.add_argument("--val-split", type=float, help="validation fraction when the data has no validation/ (default 0.2)")
+    t.add_argument("--test-split", type=float, help="fraction held out as a test split when the data has no test/ (default 0)")
+    t.add_argument("--class-weights", action="store_true", default=None, help="weight classes by inverse frequency")
+    t.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="end a phase after PATIENCE epochs without a better --monitor value (default off)")
+    t.add_argument("--monitor", help="val_loss (default) or val_accuracy: picks the best epoch, whose weights are "
+                                     "kept, and drives --early-stopping")
+    t.add_argument("--fine-tune", type=int, metavar="N", dest="fine_tune",
+                   help="after the head phase, unlock the top N base layers (BatchNorm stays locked unless "
+                        "--train-batchnorm) and train on at a lower learning rate (default 0: no fine-tuning)")
+    t.add_argument("--fine-tune-epochs", type=int, metavar="E", help="epochs of the fine-tuning phase (default 10)")
+    t.add_argument("--fine-tune-lr", type=float, metavar="LR", help="learning rate of the fine-tuning phase (default --lr / 10)")
+    t.add_argument("--seed", type=int, help="seeds the split, the weights and the shuffling (default 0)")
 
 
 def _add_run_flags(p) -> None:
@@ -165,6 +188,46 @@ def cmd_train(args) -> int:
     result = _with_ctrl_c(lambda stop: train(config, data, listeners=[_Printer(args.quiet)], stop=stop,
                                              run_dir=args.out, strategy=strategy))
     return _summary(result, args.out)
+
+
+def cmd_compare(args) -> int:
+    """compare-dropout and compare: plan (every value checked first), train each run, write the table."""
+    from core.compare import plan_comparison, run_comparison
+    from core.data import load_dataset
+
+    config = config_from_args(args)
+    setting = "dropout" if args.command == "compare-dropout" else args.setting
+    values = args.rates if setting == "dropout" else args.values
+    plan = plan_comparison(config, setting, values, seeds=args.seeds,
+                           placement=getattr(args, "placement", "each"))  # ConfigError → exit 2 before any work
+    check_out_dir(args.out)
+    _quiet_tensorflow()
+    err = sys.stderr
+    data = load_dataset(args.data, val_split=config.val_split, seed=config.seed, test_split=config.test_split)
+    print(f"data: {data.summary()} ({', '.join(data.class_names)})", file=err)
+    print_data_issues(data, err)
+    print(f"comparing {', '.join(plan.labels)}" + (f" over {len(plan.seeds)} seeds" if len(plan.seeds) > 1 else "")
+          + f" ({len(plan.runs)} runs); fixed: {plan.fixed_text()}", file=err)
+
+    from core.train import make_strategy
+
+    strategy = make_strategy(args.strategy)
+    printer = _Printer(args.quiet)
+    result = _with_ctrl_c(lambda stop: run_comparison(
+        plan, data, listeners=[printer], stop=stop, out_dir=args.out, strategy=strategy,
+        on_run_begin=lambda i, run: print(f"run {i + 1}/{len(plan.runs)}: {run.label}", file=err)))
+    table = result.table()
+    for row in table.to_dict("records"):
+        sd = row["best val accuracy sd"]
+        print(f"{row['label']}: best val_accuracy {row['best val accuracy']:.4f}" + (f" ± {sd:.4f}" if sd == sd else "")
+              + f" (epoch {row['epoch of best']:.3g}), final train {row['final train accuracy']:.4f}, "
+              f"gap {row['final gap']:+.4f}: {row['verdict']}", file=err)
+    print(f"wrote {Path(args.out) / 'comparison.csv'} and comparison.html", file=err)
+    if not result.members or result.stopped:
+        print(f"error: stopped after {len(result.members)} of {len(plan.runs)} run(s); those are kept in {args.out}",
+              file=err)
+        return 1
+    return 0
 
 
 def cmd_continue(args) -> int:
@@ -329,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help(sys.stderr)
         return 2
     try:
-        return {"train": cmd_train, "continue": cmd_continue, "scan": cmd_scan, "predict": cmd_predict,
+        return {"train": cmd_train, "compare-dropout": cmd_compare, "compare": cmd_compare, "continue": cmd_continue, "scan": cmd_scan, "predict": cmd_predict,
                 "evaluate": cmd_evaluate,
                 "export": cmd_export}[args.command](args)
     except ConfigError as e:

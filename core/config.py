@@ -57,6 +57,9 @@ class ExperimentConfig:
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 10
     fine_tune_lr: float | None = None
+    # Re-score the training split in inference mode (no dropout, no augmentation) after each
+    # epoch: the honest train accuracy for a train–validation gap (comparisons turn it on).
+    score_train: bool = False
 
     def resolved_fine_tune_lr(self) -> float:
         return float(self.fine_tune_lr) if self.fine_tune_lr is not None else float(self.lr) / 10
@@ -166,6 +169,8 @@ class ExperimentConfig:
             bad("seed", "an integer with 0 <= seed < 2**32", self.seed)
         if not isinstance(self.train_batchnorm, bool):
             bad("train_batchnorm", "true or false", self.train_batchnorm)
+        if not isinstance(self.score_train, bool):
+            bad("score_train", "true or false", self.score_train)
         return out
 
     def validate(self) -> "ExperimentConfig":

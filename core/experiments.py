@@ -11,14 +11,16 @@ When a worker dies, the first reader that notices marks its run failed; the
 finished epochs stay. One job at a time per workspace: a second is refused
 with :class:`RunBusy`.
 
-``compare_dropout`` trains the same experiment once per dropout rate, on the
-same split with the same seed, so only the rate differs between runs.
+A comparison (planned by :mod:`core.compare`: one setting varied, the rest
+held fixed, the same split and seeds) runs the same way, one run per value
+and seed, each in the store with its place in the comparison.
 Nothing here imports Streamlit, and TensorFlow is only imported in the worker
 (or when a stored run's model is opened).
 """
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import multiprocessing
 import signal
@@ -26,11 +28,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from core.compare import DEFAULT_RATES, CompareResult, ComparePlan, parse_rates, plan_comparison, run_comparison  # noqa: F401
 from core.config import ConfigError, ExperimentConfig
 from core.data import cache_dir
 from core.runstore import ACTIVE, RunRecord, RunStore, new_run_id, pid_alive
 
-DEFAULT_RATES = (0.0, 0.2, 0.5, 0.8)
 STATUS_WORDS = {"queued": "starting", "running": "running", "finished": "finished", "stopped": "stopped",
                 "failed": "failed"}
 
@@ -378,9 +380,9 @@ class RunHandle:
             return None
         recs = self.records(fresh=False)
         if self.kind == "compare":
-            kept = [StoredResult(r) for r in recs if r.status in ("finished", "stopped") and r.history]
-            rates = [float(ExperimentConfig.from_dict(r.config).dropout) for r in recs]
-            self._result = CompareResult(rates, kept, stopped=any(r.status == "stopped" for r in recs))
+            from core.compare import result_from_records
+
+            self._result = result_from_records(recs, StoredResult)
         else:
             rec = recs[-1]
             if rec.status == "failed":
@@ -426,7 +428,7 @@ def open_store(workspace=None) -> RunStore:
 
 
 def busy_message(rec: RunRecord) -> str:
-    what = "A dropout comparison" if rec.kind == "compare" else "A training run"
+    what = "A comparison" if rec.kind == "compare" else "A training run"
     return (f"{what} is already going in this workspace ({rec.label or rec.id}, {STATUS_WORDS[rec.status]}). "
             "Expected one run at a time: wait for it to finish or press Stop, then start again.")
 
@@ -440,18 +442,19 @@ def check_idle(workspace=None) -> None:
             raise RunBusy(busy_message(alive[-1]))
 
 
-def _launch(workspace, kind: str, configs: list[ExperimentConfig], labels: list[str], data) -> RunHandle:
+def _launch(workspace, kind: str, configs: list[ExperimentConfig], labels: list[str], data, metas=None) -> RunHandle:
     from core.worker import run_job, write_data_spec
 
     check_idle(workspace)
     store = open_store(workspace)
     group = new_run_id()
     runs = []
-    for cfg, label in zip(configs, labels):
+    for i, (cfg, label) in enumerate(zip(configs, labels)):
         rid = new_run_id() if kind == "train" else f"{group}-{len(runs) + 1}"
         run_dir = runs_root(workspace) / rid
         spec = write_data_spec(data, run_dir / "data.json")
-        store.create(cfg.to_json(), kind=kind, label=label, run_dir=run_dir, group=group, epochs=cfg.epochs, run_id=rid)
+        store.create(cfg.to_json(), kind=kind, label=label, run_dir=run_dir, group=group, epochs=cfg.epochs, run_id=rid,
+                     meta=metas[i] if metas else None)
         runs.append({"id": rid, "config": cfg.to_json(), "run_dir": str(run_dir)})
     job = {"data": str(spec), "runs": runs}
     proc = multiprocessing.get_context("spawn").Process(target=run_job, args=(str(store.path), job),
@@ -471,8 +474,30 @@ def start_training(config: ExperimentConfig, data, workspace=None) -> RunHandle:
     labels.json, history, …, plus the split as data.json) goes under the
     workspace's ``runs/``.
     """
-    config = copy.deepcopy(config).validate()
+    config = copy.deepcopy(config)
+    problems = launch_problems(config)
+    if problems:
+        raise ConfigError(problems)
     return _launch(workspace, "train", [config], [run_label(config)], data)
+
+
+@functools.lru_cache(maxsize=16)
+def _weights_file_problem(base: str, size: int, alpha: float, path: str, stamp: int) -> str | None:
+    from core.bases import weights_file_problem
+
+    return weights_file_problem(base, size, alpha, path)
+
+
+def launch_problems(config: ExperimentConfig) -> list[str]:
+    """Why ``config`` cannot be trained now: its own checks, then a weights file that does not fit
+    its base (loaded once per file version, so a page may ask on every rerun)."""
+    problems = config.problems()
+    if problems or config.weights in ("imagenet", "none"):
+        return problems
+    path = Path(config.weights)
+    problem = _weights_file_problem(config.base, config.resolved_image_size(), float(config.alpha), str(path),
+                                    path.stat().st_mtime_ns)
+    return [problem] if problem else []
 
 
 def start_continue(workspace, run_id: str, epochs: int = 0, fine_tune_layers: int = 0,
@@ -580,122 +605,34 @@ def delete_runs(workspace, run_ids) -> tuple[int, list[str]]:
     return deleted, problems
 
 
-# -- comparing dropout rates -----------------------------------------------------------------------
+# -- comparisons (the engine is core.compare) ------------------------------------------------------
 
-@dataclass
-class CompareResult:
-    rates: list[float]
-    runs: list  # RunResult (or StoredResult) per finished rate, in order
-    stopped: bool = False
-
-    def table(self):
-        return compare_table(self.runs)
-
-    def curves(self):
-        return compare_curves(self.runs)
-
-    def best(self):
-        scored = [r for r in self.runs if r.best_val_accuracy is not None]
-        return max(scored, key=lambda r: r.best_val_accuracy) if scored else None
+def compare_dropout(config: ExperimentConfig, data, rates=DEFAULT_RATES, listeners=(), stop=None, seeds: int = 1,
+                    placement: str = "each", out_dir=None) -> CompareResult:
+    """Train ``config`` once per dropout rate (and seed), same split, in this process."""
+    plan = plan_comparison(config, "dropout", rates, seeds=seeds, placement=placement, val_size=len(data.validation))
+    return run_comparison(plan, data, listeners=listeners, stop=stop, out_dir=out_dir)
 
 
-def parse_rates(text) -> list[float]:
-    """'0, 0.2, 0.5' → [0.0, 0.2, 0.5]; each rate 0 <= rate < 1, at least one, no repeats."""
-    if isinstance(text, (list, tuple)):
-        items = list(text)
-    else:
-        items = [t for t in str(text).replace(";", ",").replace(" ", ",").split(",") if t.strip()]
-    if not items:
-        raise ConfigError("rates: Expected one or more dropout rates, e.g. 0, 0.2, 0.5, 0.8. Received: nothing")
-    rates, problems = [], []
-    for item in items:
-        try:
-            r = float(item)
-        except (TypeError, ValueError):
-            problems.append(f"rates: Expected numbers separated by commas. Received: {str(item).strip()!r}")
-            continue
-        if not 0 <= r < 1:
-            problems.append(f"dropout: Expected a rate with 0 <= rate < 1. Received: {r!r}")
-        elif r in rates:
-            problems.append(f"rates: Expected each rate once. Received: {r!r} twice")
-        else:
-            rates.append(r)
+def start_comparison(plan: ComparePlan, data, workspace=None) -> RunHandle:
+    """A planned comparison (:func:`core.compare.plan_comparison`) in a worker process, each
+    of its runs a run in the store (kind "compare") that knows its place (setting, value, seed).
+
+    Raises ConfigError when a run's weights file does not fit its base, :class:`RunBusy` when a
+    job is going.
+    """
+    problems = sorted({p for r in plan.runs for p in launch_problems(r.config)})
     if problems:
         raise ConfigError(problems)
-    return rates
+    return _launch(workspace, "compare", [r.config for r in plan.runs], [r.label for r in plan.runs], data,
+                   metas=[r.meta for r in plan.runs])
 
 
-def compare_configs(config: ExperimentConfig, rates) -> tuple[list[float], list[ExperimentConfig]]:
-    rates = parse_rates(rates)
-    return rates, [replace(copy.deepcopy(config), dropout=float(r)).validate() for r in rates]
-
-
-def compare_dropout(config: ExperimentConfig, data, rates=DEFAULT_RATES, listeners=(), stop=None,
-                    on_run_begin=None, on_run_end=None) -> CompareResult:
-    """Train ``config`` once per dropout rate (same data split, same seed), in this process."""
-    from core.train import StopFlag, train
-
-    rates, configs = compare_configs(config, rates)
-    stop = stop or StopFlag()
-    runs = []
-    for i, (rate, cfg) in enumerate(zip(rates, configs)):
-        if stop.is_set():
-            break
-        if on_run_begin:
-            on_run_begin(i, rate)
-        result = train(cfg, data, listeners=listeners, stop=stop)
-        runs.append(result)
-        if on_run_end:
-            on_run_end(i, rate, result)
-    return CompareResult(list(rates), runs, stopped=stop.is_set())
-
-
-def start_compare(config: ExperimentConfig, data, rates=DEFAULT_RATES, workspace=None) -> RunHandle:
-    """:func:`compare_dropout` in a worker process, each rate a run in the store (kind "compare").
-
-    Raises ConfigError at once on bad rates and :class:`RunBusy` when a job is going.
-    """
-    rates, configs = compare_configs(config, rates)
-    return _launch(workspace, "compare", configs, [f"dropout {r:g}" for r in rates], data)
-
-
-def compare_table(runs) -> "pd.DataFrame":
-    """One row per run: rate, best val accuracy, epoch of best, final train–validation gap."""
-    import pandas as pd
-
-    rows = []
-    for r in runs:
-        rates = r.config.dropout_rates()
-        last = r.history[-1] if r.history else {}
-        gap = None
-        if last.get("accuracy") is not None and last.get("val_accuracy") is not None:
-            gap = float(last["accuracy"]) - float(last["val_accuracy"])
-        rows.append({
-            "dropout": rates[0] if len(set(rates)) == 1 else ", ".join(f"{x:g}" for x in rates),
-            "best val accuracy": r.best_val_accuracy,
-            "epoch of best": r.best_epoch,
-            "final train accuracy": last.get("accuracy"),
-            "final val accuracy": last.get("val_accuracy"),
-            "final train–val gap": gap,
-            "epochs": len(r.history),
-            "status": r.status,
-        })
-    return pd.DataFrame(rows)
-
-
-def compare_curves(runs) -> "pd.DataFrame":
-    """Long frame (run, epoch, metric columns) for overlaid curves."""
-    import pandas as pd
-
-    frames = []
-    for r in runs:
-        df = r.history_frame().copy()
-        rates = r.config.dropout_rates()
-        df["run"] = f"dropout {rates[0]:g}" if len(set(rates)) == 1 else "dropout " + "/".join(f"{x:g}" for x in rates)
-        frames.append(df)
-    if not frames:
-        return pd.DataFrame(columns=["run", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"])
-    return pd.concat(frames, ignore_index=True)
+def start_compare(config: ExperimentConfig, data, rates=DEFAULT_RATES, workspace=None, seeds: int = 1,
+                  placement: str = "each") -> RunHandle:
+    """A dropout comparison in a worker; raises ConfigError at once on any bad rate."""
+    plan = plan_comparison(config, "dropout", rates, seeds=seeds, placement=placement, val_size=len(data.validation))
+    return start_comparison(plan, data, workspace)
 
 
 def history_rows_frame(rows: list[dict], run: str | None = None):

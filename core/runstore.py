@@ -25,7 +25,7 @@ from pathlib import Path
 ACTIVE = ("queued", "running")
 DONE = ("finished", "stopped", "failed")
 STATUSES = ACTIVE + DONE
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "train_eval_accuracy")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS runs (
     best_epoch INTEGER,
     best_val_accuracy REAL,
     progress TEXT NOT NULL DEFAULT '{}',  -- latest batch: phase, epoch, batch, batches, lr, eta_s
+    meta TEXT NOT NULL DEFAULT '{}',   -- a compared run's place: setting, value, variant, seed
     created REAL NOT NULL,
     started REAL,
     finished REAL,
@@ -58,11 +59,14 @@ CREATE TABLE IF NOT EXISTS epochs (
     accuracy REAL,
     val_loss REAL,
     val_accuracy REAL,
+    train_eval_accuracy REAL,          -- the training split re-scored in inference mode (comparisons)
     seconds REAL,
     PRIMARY KEY (run_id, epoch)
 );
 CREATE INDEX IF NOT EXISTS runs_grp ON runs(grp);
 """
+# Columns added since the first stores were written: (table, column, declaration).
+_ADDED = (("runs", "meta", "TEXT NOT NULL DEFAULT '{}'"), ("epochs", "train_eval_accuracy", "REAL"))
 
 
 class RunStoreError(Exception):
@@ -93,6 +97,7 @@ class RunRecord:
     finished: float | None
     updated: float
     history: list[dict] = field(default_factory=list)  # filled by get(..., history=True)
+    meta: dict = field(default_factory=dict)  # a compared run: setting, value, label, variant, seed
 
     @property
     def active(self) -> bool:
@@ -122,6 +127,9 @@ class RunStore:
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+                for table, column, decl in _ADDED:  # an older store gains the new columns
+                    if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         except sqlite3.DatabaseError as e:
             raise RunStoreError(f"run store: Expected a Transfer Lab runs.sqlite. Received: {self.path} ({e})") from None
 
@@ -145,13 +153,15 @@ class RunStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def create(self, config_json: str, kind: str = "train", label: str = "", run_dir: str | Path = "",
-               group: str | None = None, epochs: int = 0, run_id: str | None = None, status: str = "queued") -> str:
+               group: str | None = None, epochs: int = 0, run_id: str | None = None, status: str = "queued",
+               meta: dict | None = None) -> str:
         """Add a run (queued by default); returns its id."""
         run_id = run_id or new_run_id()
         now = time.time()
-        self._write("INSERT INTO runs (id, kind, grp, label, config, status, run_dir, epochs, created, updated) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (run_id, kind, group or run_id, label, config_json, status, str(run_dir), int(epochs), now, now))
+        self._write("INSERT INTO runs (id, kind, grp, label, config, status, run_dir, epochs, created, updated, meta) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (run_id, kind, group or run_id, label, config_json, status, str(run_dir), int(epochs), now, now,
+                     json.dumps(meta or {})))
         return run_id
 
     def start(self, run_id: str, pid: int | None = None) -> None:
@@ -179,9 +189,10 @@ class RunStore:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("INSERT OR REPLACE INTO epochs (run_id, epoch, phase, lr, loss, accuracy, val_loss, "
-                       "val_accuracy, seconds) VALUES (?,?,?,?,?,?,?,?,?)",
+                       "val_accuracy, train_eval_accuracy, seconds) VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (run_id, epoch, str(row.get("phase") or ""), _num(row.get("lr")), vals["loss"],
-                        vals["accuracy"], vals["val_loss"], vals["val_accuracy"], _num(row.get("seconds"))))
+                        vals["accuracy"], vals["val_loss"], vals["val_accuracy"], vals["train_eval_accuracy"],
+                        _num(row.get("seconds"))))
             best = db.execute("SELECT best_val_accuracy FROM runs WHERE id=?", (run_id,)).fetchone()
             va = vals["val_accuracy"]
             now = time.time()
@@ -307,13 +318,18 @@ def _record(row) -> RunRecord:
         status=row["status"], outcome=row["outcome"], error=row["error"], run_dir=row["run_dir"], pid=row["pid"],
         stop_requested=bool(row["stop_requested"]), epochs=row["epochs"], best_epoch=row["best_epoch"],
         best_val_accuracy=row["best_val_accuracy"], progress=json.loads(row["progress"] or "{}"),
-        created=row["created"], started=row["started"], finished=row["finished"], updated=row["updated"])
+        created=row["created"], started=row["started"], finished=row["finished"], updated=row["updated"],
+        meta=json.loads(row["meta"] or "{}"))
 
 
 def _history(db, run_id: str) -> list[dict]:
-    rows = db.execute("SELECT epoch, phase, lr, loss, accuracy, val_loss, val_accuracy, seconds FROM epochs "
-                      "WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()
-    return [dict(r) for r in rows]
+    rows = db.execute("SELECT epoch, phase, lr, loss, accuracy, val_loss, val_accuracy, train_eval_accuracy, "
+                      "seconds FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()
+    out = [dict(r) for r in rows]
+    for r in out:  # only comparisons re-score the training split
+        if r["train_eval_accuracy"] is None:
+            del r["train_eval_accuracy"]
+    return out
 
 
 def open_store(path: str | Path) -> RunStore:

@@ -422,17 +422,21 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
                 fit_x, fit_y, fit_kwargs = f_train, y_train, dict(batch_size=config.batch_size, shuffle=True)
             fit_val = (np.asarray(f_val, np.float32), y_val)
             recorder.start_phase(ph.name, ph.lr, fit_model.weights)
+            score_x = f_train
         else:
             fit_x, fit_y = _pipeline(x_train, y_train, config), None
             fit_val = (x_val.astype(np.float32), y_val)
             fit_kwargs = dict(shuffle=False)  # the pipeline shuffles itself
             recorder.start_phase(ph.name, ph.lr, built.model.weights)
+            score_x = x_train  # the images as decoded: the pipeline's augmentation is not in the model
             if any(type(layer).__name__ in BATCHNORM_TYPES and layer.trainable for layer in built.base.layers):
                 # BatchNorm learning from scratch: its moving statistics lag far behind the
                 # weights on a small dataset, and inference (validation too) would see vanished
                 # features. Re-estimate them from training images before each validation.
                 recorder.validate = _validate_after_recalibration(built, x_train, fit_val, config.batch_size)
                 fit_val = None
+        if config.score_train:
+            recorder.score = lambda model, x=score_x: inference_accuracy(model, x, y_train, config.batch_size)
         if config.class_weights:
             fit_kwargs["class_weight"] = data.class_weights()
         t = time.perf_counter()
@@ -440,7 +444,7 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
         fit_model.fit(fit_x, fit_y, validation_data=fit_val, epochs=ph.epochs, verbose=0,
                       callbacks=[recorder.keras_callback()], **fit_kwargs)
         timings["fit_s"] += time.perf_counter() - t
-        recorder.validate = None
+        recorder.validate = recorder.score = None
         ran = len(recorder.history) - first
         done_phases.append({"phase": ph.name, "path": path, "lr": ph.lr, "epochs": ran,
                             "first_epoch": first + 1 if ran else None, "last_epoch": first + ran if ran else None,
@@ -634,6 +638,19 @@ def _feature_batches(f: np.ndarray, y: np.ndarray, config: ExperimentConfig):
     return Batches()
 
 
+def inference_accuracy(model, x, y, batch_size: int = 64) -> float:
+    """Accuracy of ``model`` on ``x`` in inference mode (dropout off, BatchNorm on its moving
+    statistics), read in batches so a disk-backed array is never loaded whole."""
+    if not len(x):
+        return float("nan")
+    step = max(64, int(batch_size))
+    hits = 0
+    for i in range(0, len(x), step):
+        probs = model.predict_on_batch(np.asarray(x[i:i + step], np.float32))
+        hits += int(np.sum(np.argmax(np.asarray(probs), axis=-1) == np.asarray(y[i:i + step])))
+    return hits / len(x)
+
+
 def recalibrate_batchnorm(built, x: np.ndarray, batch_size: int, limit: int = 512) -> None:
     """Set the unlocked BatchNorm layers' moving statistics to the average over training batches."""
     layers = [layer for layer in built.base.layers if type(layer).__name__ in BATCHNORM_TYPES and layer.trainable]
@@ -769,6 +786,7 @@ class _Recorder:
             if self._better(row.get(self.monitor)):
                 self.best = (row["epoch"], float(row[self.monitor]))
         self.validate = None  # a function(model) -> val logs, when Keras must not validate itself
+        self.score = None  # a function(model) -> inference-mode train accuracy (config.score_train)
         self.stopped = False
         self.early_stopped = False
         self.phase, self.lr = "head", None
@@ -832,6 +850,8 @@ class _Recorder:
                 logs = {k: float(v) for k, v in (logs or {}).items()}
                 if rec.validate is not None:
                     logs.update(rec.validate(self.model))
+                if rec.score is not None:
+                    logs["train_eval_accuracy"] = rec.score(self.model)
                 rec.epoch_end(logs)
                 if rec.stop.is_set():
                     rec.stopped = True
@@ -848,6 +868,8 @@ class _Recorder:
         row["phase"] = self.phase
         row["lr"] = self.lr
         row["seconds"] = time.perf_counter() - self._epoch_start
+        if "train_eval_accuracy" in logs:
+            row["train_eval_accuracy"] = logs["train_eval_accuracy"]
         value = row.get(self.monitor)
         if self._better(value):
             self.best = (epoch, float(value))

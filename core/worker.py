@@ -156,6 +156,8 @@ class StoreListener(TrainingListener):
                "lr": logs.get("lr", getattr(event, "lr", None))}
         for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
             row[k] = logs.get(k)
+        if logs.get("train_eval_accuracy") is not None:
+            row["train_eval_accuracy"] = logs["train_eval_accuracy"]
         if row["lr"] is not None:
             self.lr = float(row["lr"])
         if self._mark is not None:

@@ -6,7 +6,7 @@ import streamlit as st
 from core import charts
 from core.config import ConfigError
 from core.experiments import (RunBusy, busy_message, format_seconds, history_rows_frame, latest_handle,
-                              open_store, reconcile, start_training)
+                              launch_problems, open_store, reconcile, start_training)
 from core.model import from_scratch_warning
 
 st.title("Train")
@@ -58,7 +58,7 @@ st.caption(f"{cfg.base}, {cfg.resolved_image_size()} px, weights **{cfg.weights_
            f"head {cfg.pooling} → {cfg.dense or 'no hidden layer'} → dropout {cfg.dropout}, augment {cfg.augment}, "
            f"{cfg.optimizer} {cfg.lr:g}.")
 
-problems = cfg.problems()
+problems = launch_problems(cfg)
 if from_scratch_warning(cfg):
     st.warning(from_scratch_warning(cfg))
 if data is None:

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from core.config import ConfigError, ExperimentConfig
-from core.experiments import CompareResult, compare_curves, compare_table, experiment_lines, parse_rates
+from core.experiments import experiment_lines, parse_rates
 from core.train import EpochEvent, BatchEvent, RunResult, TrainPlan
 
 TINY = dict(base="mobilenet", alpha=0.25, image_size=32, weights="none", dense=[16], epochs=2, batch_size=16)
@@ -30,14 +30,6 @@ def sample():
     return load_dataset(make_sample_dataset(per_class=12, size=32))
 
 
-def _result(rate, accs, val_accs):
-    cfg = ExperimentConfig(weights="none", dropout=rate)
-    hist = [{"epoch": i + 1, "loss": 1.0 / (i + 1), "accuracy": a, "val_loss": 1.2 / (i + 1), "val_accuracy": v}
-            for i, (a, v) in enumerate(zip(accs, val_accs))]
-    best = max(range(len(val_accs)), key=lambda i: val_accs[i])
-    return RunResult("r", cfg, ["a", "b"], hist, best + 1, val_accs[best], "completed", "features")
-
-
 # -- rates and tables (no TensorFlow) ------------------------------------------------------------
 
 def test_parse_rates():
@@ -57,19 +49,6 @@ def test_parse_rates_refuses_with_expected_and_received(text, expected):
     with pytest.raises(ConfigError) as e:
         parse_rates(text)
     assert expected in str(e.value) and "Expected" in str(e.value)
-
-
-def test_compare_table_and_curves():
-    runs = [_result(0.0, [0.9, 1.0], [0.7, 0.6]), _result(0.5, [0.7, 0.8], [0.75, 0.8])]
-    table = compare_table(runs)
-    assert table["dropout"].tolist() == [0.0, 0.5]
-    assert table["best val accuracy"].tolist() == [0.7, 0.8]
-    assert table["epoch of best"].tolist() == [1, 2]
-    assert table["final train–val gap"].tolist() == pytest.approx([0.4, 0.0])
-    curves = compare_curves(runs)
-    assert curves["run"].unique().tolist() == ["dropout 0", "dropout 0.5"]
-    assert len(curves) == 4
-    assert CompareResult([0.0, 0.5], runs).best().config.dropout == 0.5
 
 
 # -- the progress a page reads from the store, driven by hand ----------------------------------------
@@ -131,7 +110,7 @@ def test_progress_from_the_store_driven_by_hand(tmp_path):
     assert p.status == "stopped" and p.message == "1 of 2 run(s) compared" and not handle.running
     result = handle.result
     assert result.stopped and [r.run_id for r in result.runs] == [a]
-    assert result.table()["dropout"].tolist() == [0.0] and result.best().best_epoch == 2
+    assert result.table()["rate"].tolist() == [0.0] and result.best().best_epoch == 2  # a store without meta
 
 
 def test_a_dead_worker_is_noticed_and_its_run_marked_failed(tmp_path):
@@ -252,13 +231,24 @@ def test_compare_same_split_and_seed(sample, tmp_path):
     from core.experiments import start_compare
     from core.runstore import RunStore
 
+    from core.experiments import handle_for_run, latest_handle
+
     ws = _ws(tmp_path)
-    run = start_compare(ExperimentConfig(**{**TINY, "epochs": 1}), sample, "0, 0.5", workspace=ws)
-    assert run.join(180)
+    run = start_compare(ExperimentConfig(**{**TINY, "epochs": 1}), sample, "0, 0.5", workspace=ws, seeds=2)
+    assert run.join(240)
     result = run.result
     assert run.snapshot().status == "finished", run.snapshot().message
-    assert [r.config.dropout for r in result.runs] == [0.0, 0.5]
-    assert {r.config.seed for r in result.runs} == {0}
-    assert len(result.table()) == 2 and len(run.snapshot().finished) == 1
+    assert [r.config.dropout for r in result.runs] == [0.0, 0.0, 0.5, 0.5]
+    assert [r.config.seed for r in result.runs] == [0, 1, 0, 1] and all(r.config.score_train for r in result.runs)
+    table = result.table()
+    assert table["rate"].tolist() == [0.0, 0.5] and table["seeds"].tolist() == [2, 2]
+    assert table["final train accuracy"].between(0, 1).all() and len(run.snapshot().finished) == 3
     rows = RunStore(ws.store_path).list(kind="compare", history=True)
-    assert sorted(r.label for r in rows) == ["dropout 0", "dropout 0.5"] and all(len(r.history) == 1 for r in rows)
+    assert sorted(r.label for r in rows) == ["dropout 0 · seed 0", "dropout 0 · seed 1", "dropout 0.5 · seed 0",
+                                             "dropout 0.5 · seed 1"]
+    assert all(len(r.history) == 1 and 0 <= r.history[0]["train_eval_accuracy"] <= 1 for r in rows)
+    assert {(r.meta["variant"], r.meta["seed"]) for r in rows} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    # after a refresh the comparison is read back whole from the store
+    again = latest_handle(ws, "compare").result
+    assert again.table()[["rate", "best val accuracy", "verdict"]].equals(table[["rate", "best val accuracy", "verdict"]])
+    assert handle_for_run(ws.store_path, rows[0].id).result.history[0]["train_eval_accuracy"] is not None

@@ -201,10 +201,17 @@ def test_compare_page_table_and_bad_rates(sample):
     at.run()
     at.switch_page("pages/5_compare.py").run()
     assert at.text_input(key="w_rates").value == "0, 0.2, 0.5, 0.8"
-    at.text_input(key="w_rates").set_value("0, 1.0").run()
-    at.button(key="compare_btn").click().run()
+    assert "Held fixed: base mobilenet" in texts(at.caption) and "4 run(s)" in texts(at.caption)
+    at.text_input(key="w_rates").set_value("0, 1.0, -0.1").run()
     assert not at.exception
-    assert "Received: 1.0" in texts(at.error)
+    errors = texts(at.error)
+    assert "Expected a rate with 0 <= rate < 1. Received: 1.0" in errors and "Received: -0.1" in errors
+    assert "going on with the valid values" in errors and "1 run(s): dropout 0." in texts(at.caption)
+    at.text_input(key="w_rates").set_value("abc").run()
+    assert at.button(key="compare_btn").disabled and "Received: 'abc'" in texts(at.error)
+    at.segmented_control(key="w_setting").set_value("augment").run()
+    assert "augment none, augment default" in texts(at.caption) and not at.exception
+    at.segmented_control(key="w_setting").set_value("dropout").run()
     at.text_input(key="w_rates").set_value("0, 0.5").run()
     at.number_input(key="w_cmp_epochs").set_value(1).run()
     at.button(key="compare_btn").click().run()
@@ -212,9 +219,11 @@ def test_compare_page_table_and_bad_rates(sample):
     at.run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert table["dropout"].tolist() == [0.0, 0.5]
-    assert {"best val accuracy", "final train–val gap", "epoch of best"} <= set(table.columns)
+    assert table["rate"].tolist() == [0.0, 0.5]
+    assert {"best val accuracy", "final train accuracy", "final gap", "epoch of best", "verdict"} <= set(table.columns)
+    assert table["final train accuracy"].between(0, 1).all()
     assert "Best: dropout" in texts(at.success)
+    assert len(at.get("plotly_chart")) == 4
 
 
 def test_evaluate_page_confusion_predict_and_downloads(sample, trained):

@@ -212,10 +212,9 @@ def cmd_compare(args) -> int:
     from core.train import make_strategy
 
     strategy = make_strategy(args.strategy)
-    printer = _Printer(args.quiet)
     result = _with_ctrl_c(lambda stop: run_comparison(
-        plan, data, listeners=[printer], stop=stop, out_dir=args.out, strategy=strategy,
-        on_run_begin=lambda i, run: print(f"run {i + 1}/{len(plan.runs)}: {run.label}", file=err)))
+        plan, data, stop=stop, out_dir=args.out, strategy=strategy,
+        listeners_for=lambda run: [_Printer(args.quiet, prefix=f"{run.label}: ")]))
     table = result.table()
     for row in table.to_dict("records"):
         sd = row["best val accuracy sd"]
@@ -245,8 +244,8 @@ def _printer_class():
     from core.train import TrainingListener
 
     class Printer(TrainingListener):
-        def __init__(self, quiet: bool):
-            self.quiet = quiet
+        def __init__(self, quiet: bool, prefix: str = ""):
+            self.quiet, self.prefix = quiet, prefix
 
         def on_train_begin(self, plan):
             err = sys.stderr
@@ -266,15 +265,15 @@ def _printer_class():
         def on_epoch_end(self, e):
             if not self.quiet:
                 lg = e.logs
-                print(f"epoch {e.epoch}/{e.epochs} [{e.phase}]  loss {lg['loss']:.4f}  accuracy {lg['accuracy']:.4f}  "
+                print(f"{self.prefix}epoch {e.epoch}/{e.epochs} [{e.phase}]  loss {lg['loss']:.4f}  accuracy {lg['accuracy']:.4f}  "
                       f"val_loss {lg['val_loss']:.4f}  val_accuracy {lg['val_accuracy']:.4f}  lr {lg['lr']:g}  "
                       f"({lg['seconds']:.1f}s)", file=sys.stderr)
 
     return Printer
 
 
-def _Printer(quiet: bool):
-    return _printer_class()(quiet)
+def _Printer(quiet: bool, prefix: str = ""):
+    return _printer_class()(quiet, prefix)
 
 
 def _with_ctrl_c(run):

@@ -10,11 +10,11 @@ accuracy Keras logs during ``fit`` has dropout on and overstates the gap at
 high rates.
 
 Runs share the split (the data is split once, before) and, for one seed, the
-initial weights: ``core.train`` seeds Keras with the config's seed before it
-builds the model, and a dropout layer has no weights, so two rates start from
+initial weights: ``core.model`` seeds Keras with the config's seed just before
+it builds the head, and a dropout layer has no weights, so two rates start from
 the very same head. With a locked base and no augmentation the base features
-are computed once (``core.train``'s feature cache) and every run trains only
-its head on them.
+are computed once and the heads of every rate train side by side on them, in
+one fit (``core.train.train_together``).
 
 :func:`summary_table` reduces the runs to one row per value (means and spread
 over seeds) with a verdict from the numeric :data:`THRESHOLDS`; a difference
@@ -318,7 +318,8 @@ class CompareResult:
 
 
 def result_from_plan(plan: ComparePlan, results: list, stopped: bool = False, val_size: int | None = None) -> CompareResult:
-    members = [Member(r.variant, r.config.seed, res, r.label) for r, res in zip(plan.runs, results)]
+    members = [Member(r.variant, r.config.seed, res, r.label) for r, res in zip(plan.runs, results)
+               if res is not None and res.history]
     return CompareResult(plan.setting, list(plan.values), list(plan.labels), list(plan.seeds), members,
                          stopped=stopped, val_size=val_size)
 
@@ -522,24 +523,34 @@ def curves_frame(members: list[Member], labels: list[str]):
 # -- running in this process (the command line) -------------------------------------------------------
 
 def run_comparison(plan: ComparePlan, data, listeners=(), stop=None, out_dir=None, on_run_begin=None,
-                   on_run_end=None, strategy=None) -> CompareResult:
-    """Train every planned run in turn; with ``out_dir`` each gets its run folder there
-    (the same format as ``train``) and the comparison's CSV and charts are written beside them."""
+                   on_run_end=None, strategy=None, listeners_for=None) -> CompareResult:
+    """Train every planned run; with ``out_dir`` each gets its run folder there (the same format
+    as ``train``) and the comparison's CSV and charts are written beside them.
+
+    Runs that differ in dropout only, on a locked base without augmentation, train side by side
+    (:func:`core.train.train_together`: base features once, one fit for all their heads); any
+    others one after another. ``listeners_for(run)`` gives a run listeners of its own."""
     from pathlib import Path
 
-    from core.train import StopFlag, train
+    from core.train import StopFlag, train_together, together_groups
 
     stop = stop or StopFlag()
-    results = []
-    for i, run in enumerate(plan.runs):
+    results: list = [None] * len(plan.runs)
+    for group in together_groups([r.config for r in plan.runs]):
         if stop.is_set():
             break
-        if on_run_begin:
-            on_run_begin(i, run)
-        run_dir = Path(out_dir) / run.folder if out_dir is not None else None
-        results.append(train(run.config, data, listeners=listeners, stop=stop, run_dir=run_dir, strategy=strategy))
-        if on_run_end:
-            on_run_end(i, run, results[-1])
+        runs = [plan.runs[i] for i in group]
+        for i in group:
+            if on_run_begin:
+                on_run_begin(i, plan.runs[i])
+        done = train_together([r.config for r in runs], data,
+                              listeners=[list(listeners) + list(listeners_for(r) if listeners_for else []) for r in runs],
+                              stop=stop, strategy=strategy,
+                              run_dirs=[Path(out_dir) / r.folder if out_dir is not None else None for r in runs])
+        for i, res in zip(group, done):
+            results[i] = res
+            if on_run_end:
+                on_run_end(i, plan.runs[i], res)
     result = result_from_plan(plan, results, stopped=stop.is_set(), val_size=len(data.validation))
     if out_dir is not None:
         write_comparison(result, out_dir)

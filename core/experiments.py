@@ -57,8 +57,9 @@ class Progress:
     phase: str = ""
     lr: float | None = None
     eta_s: float | None = None
-    run_index: int = 1  # compare: 1-based index of the run in progress
+    run_index: int = 1  # compare: 1-based index of the run in progress (the first, when several)
     runs: int = 1
+    together: int = 1  # compare: runs going side by side (heads trained in one fit)
     label: str = ""
     run_id: str = ""
     history: list = field(default_factory=list)  # rows of the run in progress
@@ -86,10 +87,13 @@ class Progress:
             else:
                 done = len(self.history)
                 per_run = 0.1 + 0.9 * min(1.0, (done + (within if done < self.epochs else 0)) / self.epochs)
-        return max(0.0, min(1.0, (max(0, self.run_index - 1) + per_run) / max(1, self.runs)))
+        return max(0.0, min(1.0, (max(0, self.run_index - 1) + per_run * self.together) / max(1, self.runs)))
 
     def text(self) -> str:
         prefix = f"Run {self.run_index}/{self.runs} ({self.label}): " if self.kind == "compare" and self.runs > 1 else ""
+        if self.together > 1:
+            last = self.run_index + self.together - 1
+            prefix = f"Runs {self.run_index}–{last}/{self.runs} side by side: "
         eta = f" · about {format_seconds(self.eta_s)} left" if self.eta_s is not None and self.active else ""
         stopping = " · stopping at the next batch…" if self.stop_requested and self.active else ""
         if self.status == "queued" or (self.status == "running" and self.phase in ("", "starting")):
@@ -339,6 +343,10 @@ class RunHandle:
         p.run_id, p.label, p.status = current.id, current.label, current.status
         p.history = list(current.history)
         p.finished = [(r.label, list(r.history)) for r in recs[: p.run_index - 1]]
+        side = [r for r in recs if r.status == "running"]
+        if current.active and len(side) > 1:  # heads trained side by side: every one of them is live
+            p.together = len(side)
+            p.finished += [(r.label, list(r.history)) for r in side if r is not current]
         prog = current.progress
         p.epochs = int(current.epochs or prog.get("epochs") or 0)
         p.epoch = len(current.history)

@@ -51,12 +51,14 @@ class BuiltModel:
         return out
 
 
-def build_model(config: ExperimentConfig, num_classes: int, base=None) -> BuiltModel:
+def build_model(config: ExperimentConfig, num_classes: int, base=None, copy: bool = True) -> BuiltModel:
     """Build the whole model for ``config``.
 
     ``base`` may be given: an already built base for ``config`` (say a cached pretrained
     one). It is only read: the model gets its own copy, which is cut, locked and trained,
-    so a base shared between reruns or experiments never changes.
+    so a base shared between reruns or experiments never changes. ``copy=False`` uses
+    ``base`` itself: only for a base the caller built for models that all lock it whole
+    (heads side by side, :func:`core.train.train_together`).
     """
     import keras
 
@@ -64,7 +66,7 @@ def build_model(config: ExperimentConfig, num_classes: int, base=None) -> BuiltM
     size = config.resolved_image_size()
     if base is None:
         base = build_base(config.base, size, config.alpha, config.weights)
-    else:
+    elif copy:
         base = copy_base(base)
     base = cut_base(base, config.cut)
     pretrained = config.weights != "none"
@@ -87,6 +89,9 @@ def build_model(config: ExperimentConfig, num_classes: int, base=None) -> BuiltM
     # training=False keeps BatchNorm in inference mode even when layers are unlocked
     # for fine-tuning, so its statistics are not wrecked by a small new dataset.
     x = base(x, training=False) if pretrained else base(x)
+    # The head's initial weights depend on the seed alone, however the base was had (built here,
+    # or copied from a shared one): runs that differ in dropout only start from the same head.
+    keras.utils.set_random_seed(config.seed)
     head = build_head_layers(config, num_classes)
     for layer in head:
         x = layer(x)

@@ -160,14 +160,20 @@ def make_optimizer(name: str, lr: float):
     raise ValueError(f"optimizer: Expected rmsprop, adam or sgd. Received: {name!r}")
 
 
-def compile_model(model, config: ExperimentConfig, lr: float | None = None) -> None:
+def compile_model(model, config: ExperimentConfig, lr: float | None = None, outputs: int = 1) -> None:
     """The one place Transfer Lab compiles. Call again after any change to ``trainable``:
     Keras fixes the list of trainable weights at compile time. ``lr`` overrides
-    ``config.lr`` (the fine-tuning phase)."""
+    ``config.lr`` (the fine-tuning phase); ``outputs`` > 1: heads side by side, one loss each
+    (their sum is minimised, so each head gets its own loss's gradient)."""
+    import keras
+
     model.compile(
         optimizer=make_optimizer(config.optimizer, config.lr if lr is None else lr),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss="sparse_categorical_crossentropy" if outputs == 1 else ["sparse_categorical_crossentropy"] * outputs,
+        # side by side, each head's own loss is logged as a metric ("xent"): Keras' per-output
+        # loss trackers do not average as the one-model "loss" does
+        metrics=["accuracy"] if outputs == 1 else
+        [["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="xent")] for _ in range(outputs)],
     )
 
 
@@ -420,6 +426,9 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
                 fit_x, fit_y, fit_kwargs = _feature_batches(f_train, y_train, config), None, dict(shuffle=False)
             else:
                 fit_x, fit_y, fit_kwargs = f_train, y_train, dict(batch_size=config.batch_size, shuffle=True)
+                # Keras shuffles from the global seed: from here on, the same batches as the same
+                # head side by side with others (train_together)
+                keras.utils.set_random_seed(config.seed)
             fit_val = (np.asarray(f_val, np.float32), y_val)
             recorder.start_phase(ph.name, ph.lr, fit_model.weights)
             score_x = f_train
@@ -456,27 +465,212 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
 
     last = done_phases[-1]["status"] if len(done_phases) > len(resume.phases if resume else []) else "stopped"
     status = "stopped" if recorder.stopped or stop.is_set() else last
-    best = recorder.best
-    best_row = recorder.history[best[0] - 1] if best else None
-    result = RunResult(
-        run_id=run_id, config=config, class_names=list(data.class_names), history=recorder.history,
-        best_epoch=best[0] if best else None,
-        best_val_accuracy=best_row.get("val_accuracy") if best_row else None,
-        status=status, path=first_path, model=built.model if recorder.history else None, data=data,
-        timings=timings, params=param_counts(built.model), monitor=config.monitor,
-        best_value=best[1] if best else None, phases=done_phases,
-    )
     timings["total_s"] = time.perf_counter() - t0
     if resume is not None:
         timings["previous_total_s"] = float(resume.timings.get("total_s", 0.0)) + float(resume.timings.get("previous_total_s", 0.0))
+    return _finish(recorder, built, data, status, first_path, timings, done_phases, run_dir)
+
+
+def _finish(recorder, built, data, status, path, timings, phases, run_dir) -> RunResult:
+    """The run's result at its best epoch (weights already restored), saved into ``run_dir`` if given."""
+    from core.freeze import param_counts
+
+    best = recorder.best
+    best_row = recorder.history[best[0] - 1] if best else None
+    config = recorder.config
+    result = RunResult(
+        run_id=recorder.run_id, config=config, class_names=list(data.class_names), history=recorder.history,
+        best_epoch=best[0] if best else None,
+        best_val_accuracy=best_row.get("val_accuracy") if best_row else None,
+        status=status, path=path, model=built.model if recorder.history else None, data=data,
+        timings=timings, params=param_counts(built.model), monitor=config.monitor,
+        best_value=best[1] if best else None, phases=phases,
+    )
     if run_dir is not None:
         from core.export import save_run
 
         save_run(result, run_dir)
         result.run_dir = str(run_dir)
-    for listener in listeners:
+    for listener in recorder.listeners:
         listener.on_train_end(result)
     return result
+
+
+# -- several heads side by side (a comparison on a locked base) --------------------------------------
+
+def together_key(config: ExperimentConfig) -> str | None:
+    """Configs with the same key can train side by side (:func:`train_together`): every base
+    layer locked, no augmentation, no fine-tuning, no class weights; they differ in dropout only."""
+    if config.freeze != "all" or config.augment != "none" or config.fine_tunes() or config.class_weights:
+        return None
+    d = config.to_dict()
+    d.pop("dropout")
+    return json.dumps(d, sort_keys=True)
+
+
+def together_groups(configs: list[ExperimentConfig]) -> list[list[int]]:
+    """The indices of ``configs`` in groups that train side by side (first appearance order)."""
+    groups: dict = {}
+    for i, c in enumerate(configs):
+        key = together_key(c)
+        groups.setdefault(key if key is not None else f"alone-{i}", []).append(i)
+    return list(groups.values())
+
+
+def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=None, stop: StopFlag | None = None,
+                   run_dirs=None, strategy=None) -> list[RunResult]:
+    """Train configs that differ only in their dropout at once, when each would train just its
+    head on the same cached base features: the features are computed once, and one ``fit``
+    trains every head side by side (separate losses, so separate gradients: each head learns as
+    if alone, from the same initial weights, on the same batches). Each run keeps its own
+    history, best epoch, early stopping and saved whole model. Configs that cannot go together
+    (see :func:`together_key`) train one after another with :func:`train`.
+    """
+    import keras
+
+    from core.bases import build_base
+    from core.freeze import param_counts
+    from core.model import build_model
+
+    n = len(configs)
+    listeners = list(listeners) if listeners is not None else [[] for _ in configs]
+    run_dirs = list(run_dirs) if run_dirs is not None else [None] * n
+    for c in configs:
+        c.validate()
+    if n < 2 or len({together_key(c) for c in configs}) != 1 or together_key(configs[0]) is None:
+        return [train(c, data, ls, stop, d, strategy=strategy) for c, ls, d in zip(configs, listeners, run_dirs)]
+    stop = stop or StopFlag()
+    strategy = strategy or make_strategy("auto")
+    first = configs[0]
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(first.seed)  # as train() does: the same base (weights none: its init) and heads
+    with strategy.scope():
+        base = build_base(first.base, first.resolved_image_size(), first.alpha, first.weights)
+        # this group's own base, built here: locked, never trained, so every head's whole model
+        # may hold the same one (each saved model gets its own copy of its weights)
+        builts = [build_model(c, len(data.class_names), base=base, copy=False) for c in configs]
+    timings["build_s"] = time.perf_counter() - t0
+    if not all(b.base_frozen for b in builts):
+        return [train(c, data, ls, stop, d, strategy=strategy) for c, ls, d in zip(configs, listeners, run_dirs)]
+    run_ids = [time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6] for _ in configs]
+    recorders = []
+    for rid, c, b, ls in zip(run_ids, configs, builts, listeners):
+        phases = [{"phase": "head", "epochs": c.epochs, "lr": c.lr, "first_epoch": 1, "last_epoch": c.epochs,
+                   "unlock_top": 0}]
+        plan = TrainPlan(rid, c, "features", c.epochs, len(data.train), len(data.validation), list(data.class_names),
+                         param_counts(b.model), b.warnings(c), phase="head", lr=c.lr, phases=phases, monitor=c.monitor)
+        for listener in ls:
+            listener.on_train_begin(plan)
+        recorders.append(_Recorder(rid, c, ls, stop, b.model, total_epochs=c.epochs))
+
+    t = time.perf_counter()
+    x_train = _arrays(data.train.paths, builts[0].image_size)
+    x_val = _arrays(data.validation.paths, builts[0].image_size)
+    timings["decode_s"] = time.perf_counter() - t
+    y_train, y_val = data.train.labels, data.validation.labels
+    t = time.perf_counter()
+    f_train, f_val = _cached_features(builts[0], first, data, x_train, x_val, _Fanout(recorders, stop))
+    timings["features_s"] = time.perf_counter() - t
+    timings["fit_s"] = 0.0
+    ran = False
+    if f_train is not None and not stop.is_set():
+        f_train, f_val = np.asarray(f_train, np.float32), np.asarray(f_val, np.float32)
+        with strategy.scope():
+            heads = [_head_model(b, name=f"head_{i}") for i, b in enumerate(builts)]
+            inp = keras.Input(tuple(f_train.shape[1:]), name="features")
+            joint = keras.Model(inp, [h(inp) for h in heads], name="heads_side_by_side")
+            compile_model(joint, first, outputs=n)
+        for rec, head in zip(recorders, heads):
+            rec.start_phase("head", first.lr, head.weights)
+        score = None
+        if first.score_train:
+            def score(model):
+                probs = model.predict(f_train, batch_size=max(64, first.batch_size), verbose=0)
+                return [float(np.mean(np.argmax(p, -1) == y_train)) for p in probs]
+        t = time.perf_counter()
+        keras.utils.set_random_seed(first.seed)  # the batches each head would see alone (see _execute)
+        joint.fit(f_train, [y_train] * n, validation_data=(f_val, [y_val] * n), epochs=first.epochs,
+                  batch_size=first.batch_size, shuffle=True, verbose=0,
+                  callbacks=[_side_by_side_callback(recorders, stop, score)])
+        timings["fit_s"] = time.perf_counter() - t
+        ran = True
+    timings["total_s"] = time.perf_counter() - t0
+    timings["together"] = n
+    results = []
+    for rec, b, d in zip(recorders, builts, run_dirs):
+        rec.restore_best()
+        status = "stopped" if rec.stopped or stop.is_set() else ("early-stopped" if rec.early_stopped else "completed")
+        done = [{"phase": "head", "path": "features", "lr": first.lr, "epochs": len(rec.history),
+                 "first_epoch": 1 if rec.history else None, "last_epoch": len(rec.history) or None, "unlock_top": 0,
+                 "status": status}] if ran else []
+        results.append(_finish(rec, b, data, status, "features", dict(timings), done, d))
+    return results
+
+
+class _Fanout:
+    """What computing the features needs of a recorder (stop, batch events), for several runs."""
+
+    def __init__(self, recorders, stop):
+        self.recorders, self.stop = recorders, stop
+
+    def batch(self, *args):
+        for r in self.recorders:
+            r.batch(*args)
+
+
+def _side_by_side_callback(recorders, stop, score):
+    """The bridge from one joint fit to each head's recorder (its logs, best epoch, early stopping)."""
+    import keras
+
+    class _SideBySide(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.active = [True] * len(recorders)
+            self.interrupted = False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            now = time.perf_counter()
+            for r in recorders:
+                r._epoch_start = now
+
+        def on_train_batch_end(self, batch, logs=None):
+            logs = logs or {}
+            steps = self.params.get("steps") or 0
+            for i, r in enumerate(recorders):
+                if self.active[i]:
+                    r.batch("head", len(r.history) + 1, batch + 1, steps,
+                            {k: float(logs[f"head_{i}_{m}"]) for k, m in (("loss", "xent"), ("accuracy", "accuracy"))
+                             if f"head_{i}_{m}" in logs})
+            if stop.is_set():
+                self.interrupted = True
+                for r in recorders:
+                    r.stopped = True
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.interrupted:
+                return  # cut short by Stop: not a finished epoch
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            scores = score(self.model) if score is not None else None
+            for i, r in enumerate(recorders):
+                if not self.active[i]:
+                    continue  # early-stopped: its later epochs are not its own (its best weights come back)
+                own = {k: logs.get(f"{pre}head_{i}_{m}") for pre in ("", "val_")
+                       for k, m in ((f"{pre}loss", "xent"), (f"{pre}accuracy", "accuracy"))}
+                if scores is not None:
+                    own["train_eval_accuracy"] = scores[i]
+                r.epoch_end(own)
+                if r.early_stopped:
+                    self.active[i] = False
+            if stop.is_set():
+                for r in recorders:
+                    r.stopped = True
+                self.model.stop_training = True
+            elif not any(self.active):
+                self.model.stop_training = True
+
+    return _SideBySide()
 
 
 def _path_of(built, config) -> str:
@@ -587,7 +781,7 @@ def _reload_data(info: dict, config: ExperimentConfig) -> DataSplits:
     return data
 
 
-def _head_model(built):
+def _head_model(built, name: str = "head_on_features"):
     """The head without its pooling layer, as a model over cached pooled features."""
     import keras
 
@@ -596,7 +790,7 @@ def _head_model(built):
     x = inp
     for layer in built.head_layers[1:]:
         x = layer(x)
-    return keras.Model(inp, x, name="head_on_features")
+    return keras.Model(inp, x, name=name)
 
 
 def _pipeline(x, y, config: ExperimentConfig):

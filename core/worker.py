@@ -194,7 +194,8 @@ def error_text(e: BaseException) -> str:
 
 
 def run_job(store_path: str, job: dict) -> None:
-    """Train each run of ``job`` in turn, writing everything into the store at ``store_path``.
+    """Train the runs of ``job`` (one after another; those that differ in dropout only, on a locked
+    base, side by side), writing everything into the store at ``store_path``.
 
     ``job``: ``{"data": path of data.json, "runs": [{"id", "config" (JSON), "run_dir"}, …]}``; a run
     with ``"continue": {"epochs", "fine_tune_layers", "fine_tune_epochs"}`` goes on from its folder.
@@ -211,40 +212,48 @@ def run_job(store_path: str, job: dict) -> None:
         for r in runs:
             store.finish(r["id"], "failed", error=f"data: cannot read the split: {error_text(e)}")
         return
-    failed = ""
-    for r in runs:
-        rid = r["id"]
-        stop = StoreStopFlag(store, rid)
-        if failed:
-            store.finish(rid, "failed", error=f"not run: {failed}")
-            continue
-        if stop.is_set():
-            store.finish(rid, "stopped", outcome="stopped", error="")
-            continue
-        store.start(rid, os.getpid())
-        listener = StoreListener(store, rid)
-        try:
-            from core.train import continue_run, train
+    from core.train import continue_run, train_together, together_groups
 
-            if r.get("continue"):  # more epochs or fine-tuning of a finished run, in its folder
-                more = r["continue"]
-                result = continue_run(r["run_dir"], epochs=int(more.get("epochs") or 0),
-                                      fine_tune_layers=more.get("fine_tune_layers") or None,
-                                      fine_tune_epochs=more.get("fine_tune_epochs"), data=data,
-                                      listeners=[listener], stop=stop)
+    configs = [None if r.get("continue") else ExperimentConfig.from_json(r["config"]) for r in runs]
+    # runs that differ in dropout only, on a locked base, train side by side (one fit of all heads)
+    groups = together_groups(configs) if all(configs) else [[i] for i in range(len(runs))]
+    failed = ""
+    for group in groups:
+        members = [runs[i] for i in group]
+        stop = StoreStopFlag(store, members[0]["id"])  # a stop request reaches the whole job
+        if failed or stop.is_set():
+            for r in members:
+                if failed:
+                    store.finish(r["id"], "failed", error=f"not run: {failed}")
+                else:
+                    store.finish(r["id"], "stopped", outcome="stopped", error="")
+            continue
+        for r in members:
+            store.start(r["id"], os.getpid())
+        listeners = [StoreListener(store, r["id"]) for r in members]
+        try:
+            if members[0].get("continue"):  # more epochs or fine-tuning of a finished run, in its folder
+                more = members[0]["continue"]
+                results = [continue_run(members[0]["run_dir"], epochs=int(more.get("epochs") or 0),
+                                        fine_tune_layers=more.get("fine_tune_layers") or None,
+                                        fine_tune_epochs=more.get("fine_tune_epochs"), data=data,
+                                        listeners=[listeners[0]], stop=stop)]
             else:
-                result = train(ExperimentConfig.from_json(r["config"]), data, listeners=[listener], stop=stop,
-                               run_dir=r["run_dir"])
+                results = train_together([configs[i] for i in group], data, listeners=[[x] for x in listeners],
+                                         stop=stop, run_dirs=[r["run_dir"] for r in members])
         except Exception as e:
             failed = f"an earlier run failed ({error_text(e)[:200]})"
-            store.finish(rid, "failed", error=error_text(e))
+            for r in members:
+                store.finish(r["id"], "failed", error=error_text(e))
             continue
-        done = listener._progress(phase="done", epoch=len(result.history), batch=0, batches=0, eta_s=0.0)
-        done.update(timings={k: round(float(v), 3) for k, v in result.timings.items()}, params=result.params,
-                    warnings=listener.warnings)
-        store.set_progress(rid, done)
-        if r.get("continue"):
-            store.set_config(rid, result.config.to_json())  # the schedule the run has now been through
-        store.finish(rid, "stopped" if result.status == "stopped" else "finished", outcome=result.status,
-                     best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
-        del result
+        for r, listener, result in zip(members, listeners, results):
+            rid = r["id"]
+            done = listener._progress(phase="done", epoch=len(result.history), batch=0, batches=0, eta_s=0.0)
+            done.update(timings={k: round(float(v), 3) for k, v in result.timings.items()}, params=result.params,
+                        warnings=listener.warnings)
+            store.set_progress(rid, done)
+            if r.get("continue"):
+                store.set_config(rid, result.config.to_json())  # the schedule the run has now been through
+            store.finish(rid, "stopped" if result.status == "stopped" else "finished", outcome=result.status,
+                         best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
+        del results

@@ -158,9 +158,9 @@ def build_base(name: str, image_size: int | None = None, alpha: float = 1.0, wei
         except Exception as e:  # Keras raises a bare Exception on a failed download
             if "fetch failure" in str(e) or isinstance(e, OSError):
                 raise WeightsError(
-                    f"could not download the ImageNet weights for {spec.label} (no internet connection?). "
-                    "Use a weights file instead (--weights PATH, e.g. a Keras applications *_notop.h5), "
-                    "or --weights none to train from scratch"
+                    f"Could not download the ImageNet weights for {spec.label} (no internet connection?). "
+                    "Use a weights file instead (e.g. a Keras applications *_notop.h5), "
+                    "or weights none to train from scratch"
                 ) from None
             raise WeightsError(f"ImageNet weights for {spec.label}: {_first_line(e)}") from None
     return stable_names(_build_with_file(spec, builder, kwargs, Path(weights), alpha, size))

@@ -158,7 +158,10 @@ def compare_band_figure(curves, metric: str = "val_accuracy") -> go.Figure:
                                          hoverinfo="skip", showlegend=False, name=f"{run} range"))
             fig.add_trace(go.Scatter(x=list(mean.index), y=list(mean), mode="lines+markers", line=dict(color=colour),
                                      name=str(run) + (f" (mean of {seeds} seeds)" if seeds > 1 else "")))
-    _layout(fig, METRIC_TITLES.get(metric, metric), "epoch", metric)
+    _layout(fig, METRIC_TITLES.get(metric, metric), "epoch", metric, height=360)
+    # below the plot: a legend of several settings would run into the title at half width
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0.0),
+                      margin=dict(b=90))
     if "accuracy" in metric:
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return fig

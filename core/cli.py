@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (DataError, WeightsError, ModelFileError, TFLiteError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        hint = " (--weights PATH or --weights none)" if str(e).startswith("Could not download the ImageNet") else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -424,6 +424,8 @@ def summary_table(result: CompareResult):
                "final train accuracy", "final val accuracy", "final gap", "final gap sd", "gap growth", "epochs",
                "verdict"]
     table = pd.DataFrame(rows, columns=columns[:-1])
+    numbers = [c for c in columns[4:-1] if c != "epochs"]
+    table[numbers] = table[numbers].astype(float).round(10) + 0.0  # no "-0%" for a gap of zero
     table["verdict"] = verdicts(table, spec, result.val_size, result.thresholds) if len(table) else []
     return table[columns]
 

@@ -150,8 +150,9 @@ class ExperimentConfig:
             bad("batch_size", "an integer from 1 to 4096", self.batch_size)
         if not _is_number(self.val_split) or not 0 < self.val_split < 1:
             bad("val_split", "a fraction with 0 < val_split < 1", self.val_split)
+        val_ok = _is_number(self.val_split) and 0 < self.val_split < 1
         if not _is_number(self.test_split) or not 0 <= self.test_split < 1 or (
-                _is_number(self.val_split) and self.val_split + self.test_split >= 1):
+                val_ok and self.val_split + self.test_split >= 1):
             bad("test_split", "a fraction with 0 <= test_split and val_split + test_split < 1", self.test_split)
         if not isinstance(self.class_weights, bool):
             bad("class_weights", "true or false", self.class_weights)

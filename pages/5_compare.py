@@ -137,8 +137,10 @@ if handle is not None and not handle.running:
         pct = {c: st.column_config.NumberColumn(format="percent") for c in
                ("best val accuracy", "best val accuracy sd", "final train accuracy", "final val accuracy", "final gap",
                 "final gap sd", "gap growth")}
-        shown = table.drop(columns=["variant"] + ([] if len(result.seeds) > 1 else ["seeds", "best val accuracy sd",
-                                                                                   "final gap sd"]))
+        value_col = "label" if result.setting != "dropout" else done.column  # a weights file is its name
+        shown = table.drop(columns=["variant", done.column if value_col == "label" else "label"]
+                           + ([] if len(result.seeds) > 1 else ["seeds", "best val accuracy sd", "final gap sd"]))
+        shown = shown[[shown.columns[0], "verdict"] + [c for c in shown.columns[1:] if c != "verdict"]]
         st.dataframe(shown, hide_index=True, width="stretch", column_config={
             **pct, "epoch of best": st.column_config.NumberColumn(format="%.1f"),
             "final train accuracy": st.column_config.NumberColumn(

@@ -119,6 +119,10 @@ src = None
 run_src = run_source()
 choices = (["The trained run"] if run_src is not None else []) + ["A .keras file"]
 if run_src is None:
+    last = st.session_state.get("run")
+    last = last.snapshot() if hasattr(last, "snapshot") else None
+    if last is not None and last.status == "failed":
+        st.warning(f"The last run failed, so it has no model ({last.message}).")
     st.info("No trained model yet: train one first, reopen one on the Runs page, or load a `.keras` file below.")
     st.page_link("pages/4_train.py", label="Go to Train", icon=":material/show_chart:")
 choice = st.radio("Model", choices, horizontal=True, key="w_model_source") if len(choices) > 1 else choices[0]

@@ -148,7 +148,7 @@ def test_imagenet_offline_exits_1_with_advice(tmp_path, monkeypatch, capsys):
     code = main(["train", "--data", str(data), "--out", str(tmp_path / "o"), "--base", "mobilenet",
                  "--alpha", "0.25", "--image-size", "128", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and err[-1].startswith("error: could not download the ImageNet weights for MobileNet")
+    assert code == 1 and err[-1].startswith("error: Could not download the ImageNet weights for MobileNet")
     assert "--weights PATH" in err[-1] and "--weights none" in err[-1]
 
 

@@ -141,7 +141,7 @@ def test_imagenet_offline_is_a_clear_error_not_a_fallback(monkeypatch):
         raise Exception("URL fetch failure on https://example.invalid: None -- [Errno -2] Name or service not known")
 
     monkeypatch.setattr(file_utils, "get_file", offline)
-    with pytest.raises(WeightsError, match="could not download the ImageNet weights for MobileNetV2.*--weights none"):
+    with pytest.raises(WeightsError, match="Could not download the ImageNet weights for MobileNetV2.*weights none to train from scratch"):
         build_base("mobilenet_v2", 96, 0.35, "imagenet")
 
 

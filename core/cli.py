@@ -170,17 +170,22 @@ def _quiet_tensorflow():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
-def cmd_train(args) -> int:
-    from core.bases import WeightsError
-    from core.data import DataError, load_dataset
+def _out_and_data(args, config):
+    """The run folder checked writable, then the dataset scanned and split, with what train says of it."""
+    from core.data import load_dataset
 
-    config = config_from_args(args)  # ConfigError → exit 2 before any work
     check_out_dir(args.out)
     _quiet_tensorflow()
-    err = sys.stderr
     data = load_dataset(args.data, val_split=config.val_split, seed=config.seed, test_split=config.test_split)
-    print(f"data: {data.summary()} ({', '.join(data.class_names)})", file=err)
-    print_data_issues(data, err)
+    print(f"data: {data.summary()} ({', '.join(data.class_names)})", file=sys.stderr)
+    print_data_issues(data, sys.stderr)
+    return data
+
+
+def cmd_train(args) -> int:
+
+    config = config_from_args(args)  # ConfigError → exit 2 before any work
+    data = _out_and_data(args, config)
 
     from core.train import make_strategy, train
 
@@ -193,19 +198,14 @@ def cmd_train(args) -> int:
 def cmd_compare(args) -> int:
     """compare-dropout and compare: plan (every value checked first), train each run, write the table."""
     from core.compare import plan_comparison, run_comparison
-    from core.data import load_dataset
 
     config = config_from_args(args)
     setting = "dropout" if args.command == "compare-dropout" else args.setting
     values = args.rates if setting == "dropout" else args.values
     plan = plan_comparison(config, setting, values, seeds=args.seeds,
                            placement=getattr(args, "placement", "each"))  # ConfigError → exit 2 before any work
-    check_out_dir(args.out)
-    _quiet_tensorflow()
+    data = _out_and_data(args, config)
     err = sys.stderr
-    data = load_dataset(args.data, val_split=config.val_split, seed=config.seed, test_split=config.test_split)
-    print(f"data: {data.summary()} ({', '.join(data.class_names)})", file=err)
-    print_data_issues(data, err)
     print(f"comparing {', '.join(plan.labels)}" + (f" over {len(plan.seeds)} seeds" if len(plan.seeds) > 1 else "")
           + f" ({len(plan.runs)} runs); fixed: {plan.fixed_text()}", file=err)
 

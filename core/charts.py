@@ -164,6 +164,7 @@ def compare_band_figure(curves, metric: str = "val_accuracy") -> go.Figure:
                       margin=dict(b=90))
     if "accuracy" in metric:
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    _whole_epochs(fig, curves)
     return fig
 
 
@@ -186,8 +187,16 @@ def small_multiples_figure(curves) -> go.Figure:
             fig.add_trace(go.Scatter(x=list(mean.index), y=list(mean), mode="lines", name=name, legendgroup=name,
                                      showlegend=i == 0, line=dict(color=colour, dash=dash)), row=r, col=c)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
-    _layout(fig, "Train vs validation accuracy, per setting", "", "", height=260 * rows + 60)
+    _layout(fig, "Train vs validation accuracy, per setting", "", "", height=260 * rows + 110)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0.0))
+    _whole_epochs(fig, curves)
     return fig
+
+
+def _whole_epochs(fig: go.Figure, curves) -> None:
+    """Epoch axes tick at whole epochs (no 1.5) when there are few."""
+    if curves is not None and len(curves) and curves["epoch"].max() <= 20:
+        fig.update_xaxes(dtick=1)
 
 
 def compare_bars_figure(table, column: str = "rate") -> go.Figure:
@@ -204,10 +213,10 @@ def compare_bars_figure(table, column: str = "rate") -> go.Figure:
             err = [0 if v != v else v for v in table[sd]]
             fig.add_trace(go.Bar(x=x, y=table[metric], marker_color=colour, showlegend=False,
                                  error_y=dict(type="data", array=err, visible=any(err)),
-                                 text=[f"{v:.0%}" if v == v else "" for v in table[metric]], textposition="outside"),
+                                 text=[f"{v:.1%}" if v == v else "" for v in table[metric]], textposition="outside"),
                           row=1, col=col)
-    fig.update_yaxes(tickformat=".0%")
-    fig.update_yaxes(range=[0, 1.1], row=1, col=1)
+    fig.update_yaxes(tickformat=".0%", row=1, col=1, range=[0, 1.1])
+    fig.update_yaxes(tickformat=".1%", row=1, col=2)  # gaps are often a few points: no "1%, 1%, 2%"
     _layout(fig, "", "", "", height=340)
     return fig
 

@@ -204,6 +204,14 @@ def cmd_compare(args) -> int:
     values = args.rates if setting == "dropout" else args.values
     plan = plan_comparison(config, setting, values, seeds=args.seeds,
                            placement=getattr(args, "placement", "each"))  # ConfigError → exit 2 before any work
+    _check_runs(plan)
+    out = Path(args.out)
+    earlier = sorted(p.name for p in out.iterdir() if p.name == "comparison.csv" or (p / "run.json").is_file()) \
+        if out.is_dir() else []
+    if earlier:  # a second comparison would mix its runs with the first's
+        raise ConfigError(f"out: Expected a new or empty folder for the comparison. Received: {args.out} (it holds "
+                          f"an earlier one: {', '.join(earlier[:4])}{', …' if len(earlier) > 4 else ''}); "
+                          "choose another --out")
     data = _out_and_data(args, config)
     err = sys.stderr
     print(f"comparing {', '.join(plan.labels)}" + (f" over {len(plan.seeds)} seeds" if len(plan.seeds) > 1 else "")
@@ -227,6 +235,24 @@ def cmd_compare(args) -> int:
               file=err)
         return 1
     return 0
+
+
+def _check_runs(plan) -> None:
+    """Every planned run's layers and weights checked before any data is read or run is trained."""
+    from core.bases import WeightsError
+    from core.experiments import launch_problems
+
+    _quiet_tensorflow()
+    problems = sorted({p for r in plan.runs for p in launch_problems(r.config)})
+    weights = [p for p in problems if p.startswith(("weights", "Could not download", "ImageNet"))]
+    if weights:
+        raise WeightsError("; ".join(weights))  # exit 1, as train gives for the same file
+    if problems:
+        raise ConfigError(problems)
+    from core.model import from_scratch_warning
+
+    for w in sorted({from_scratch_warning(r.config) for r in plan.runs} - {None}):
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def cmd_continue(args) -> int:

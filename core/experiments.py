@@ -496,16 +496,47 @@ def _weights_file_problem(base: str, size: int, alpha: float, path: str, stamp: 
     return weights_file_problem(base, size, alpha, path)
 
 
+@functools.lru_cache(maxsize=16)
+def _imagenet_problem(base: str, size: int, alpha: float) -> str | None:
+    from core.bases import imagenet_problem
+
+    return imagenet_problem(base, size, alpha)
+
+
+@functools.lru_cache(maxsize=8)
+def _layer_names(base: str, size: int, alpha: float) -> tuple[str, ...]:
+    from core.bases import build_base
+
+    return tuple(layer.name for layer in build_base(base, size, alpha, "none").layers)
+
+
 def launch_problems(config: ExperimentConfig) -> list[str]:
-    """Why ``config`` cannot be trained now: its own checks, then a weights file that does not fit
-    its base (loaded once per file version, so a page may ask on every rerun)."""
+    """Why ``config`` cannot be trained now: its own checks; then, each looked up once and kept,
+    a lock or cut naming a layer the base does not have, ImageNet weights that cannot be had,
+    a weights file that does not fit the base (so a page may ask on every rerun)."""
     problems = config.problems()
-    if problems or config.weights in ("imagenet", "none"):
+    if problems:
         return problems
-    path = Path(config.weights)
-    problem = _weights_file_problem(config.base, config.resolved_image_size(), float(config.alpha), str(path),
-                                    path.stat().st_mtime_ns)
-    return [problem] if problem else []
+    from core.freeze import FreezeSpec
+
+    size, alpha = config.resolved_image_size(), float(config.alpha)
+    spec = FreezeSpec.parse(config.freeze)
+    if spec.mode in ("up-to", "unlock") or config.cut:
+        names = list(_layer_names(config.base, size, alpha))
+        try:
+            spec.locked_mask(names)
+        except ConfigError as e:
+            problems.extend(e.problems)
+        if config.cut and config.cut not in names:
+            problems.append(f"cut: Expected a layer name of {config.base}. Received: {config.cut!r}")
+    if config.weights == "imagenet":
+        problem = _imagenet_problem(config.base, size, alpha)
+    elif config.weights != "none":
+        path = Path(config.weights)
+        problem = _weights_file_problem(config.base, size, alpha, str(path), path.stat().st_mtime_ns)
+    else:
+        problem = None
+    return problems + ([problem] if problem else [])
 
 
 def start_continue(workspace, run_id: str, epochs: int = 0, fine_tune_layers: int = 0,

@@ -6,6 +6,7 @@ import streamlit as st
 from core import charts
 from core.compare import SETTINGS, THRESHOLDS, default_values, get_setting, plan_comparison
 from core.config import ConfigError
+from core.model import from_scratch_warning
 from core.experiments import (RunBusy, busy_message, handle_for_run, history_rows_frame, latest_handle,
                               launch_problems, open_store, reconcile, start_comparison)
 
@@ -79,6 +80,8 @@ if plan is not None:
     blocking = sorted({p for r in plan.runs for p in launch_problems(r.config)})
     for p in blocking:
         st.error(p)
+    for w in sorted({from_scratch_warning(r.config) for r in plan.runs} - {None}):
+        st.warning(w)
     if blocking:
         plan = None
 if plan is not None:

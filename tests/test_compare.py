@@ -195,6 +195,8 @@ def test_compare_dropout_command_writes_run_folders_and_the_table(colour_dir, tm
     (["--rates", "0,1.0"], "Expected a rate with 0 <= rate < 1. Received: 1.0"),
     (["--rates", "-0.1"], "Received: -0.1"),
     (["--rates", "0.2", "--seeds", "0"], "seeds: Expected an integer from 1"),
+    (["--rates", "0.2", "--weights", "none", "--base", "mobilenet", "--alpha", "0.25", "--image-size", "32",
+      "--freeze", "up-to:nope"], "freeze: Expected up-to: with layer names of the base. Received: 'nope'"),
 ])
 def test_compare_dropout_refuses_bad_rates_before_any_work(argv, message, colour_dir, tmp_path, capsys):
     from core.cli import main
@@ -225,3 +227,18 @@ def test_heads_side_by_side_learn_as_each_would_alone(colour_data_session):
     assert together[1].model is not together[0].model and together[1].model.input_shape == (None, 32, 32, 3)
     assert not np.allclose(together[1].model.get_layer("predictions").get_weights()[0],
                            together[0].model.get_layer("predictions").get_weights()[0])  # trained apart
+
+
+def test_a_folder_holding_an_earlier_comparison_is_refused(colour_dir, tmp_path, capsys):
+    from core.cli import main
+
+    out = tmp_path / "cmp"
+    (out / "rate_0").mkdir(parents=True)
+    (out / "rate_0" / "run.json").write_text("{}")
+    (out / "comparison.csv").write_text("rate\n0\n")
+    argv = ["compare-dropout", "--data", str(colour_dir), "--out", str(out), "--rates", "0,0.5", "--weights", "none",
+            "--base", "mobilenet", "--alpha", "0.25", "--image-size", "32"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "out: Expected a new or empty folder for the comparison" in err and "comparison.csv, rate_0" in err
+    assert (out / "comparison.csv").read_text() == "rate\n0\n"  # nothing of the earlier one is lost

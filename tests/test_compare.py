@@ -1,13 +1,11 @@
 """core.compare: plans that vary one setting, identical starting points, inference-mode gaps, verdicts."""
 import csv
 import sqlite3
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, learner_config, tiny_config
+from conftest import learner_config, tiny_config
 from core.compare import (THRESHOLDS, CompareResult, Member, comparison_csv, plan_comparison, split_rates,
                           summary_table)
 from core.config import ConfigError
@@ -168,13 +166,16 @@ def test_same_initial_head_for_every_rate_and_honest_train_accuracy(colour_data_
     assert all(0 <= r["train_eval_accuracy"] <= 1 for r in trained.history)
 
 
-def test_compare_dropout_command_writes_run_folders_and_the_table(colour_dir, tmp_path):
+def test_compare_dropout_command_writes_run_folders_and_the_table(colour_dir, tmp_path, capsys):
+    from core.cli import main
+
     out = tmp_path / "cmp"
-    argv = [sys.executable, "-m", "core", "compare-dropout", "--data", str(colour_dir), "--rates", "0,0.5",
+    argv = ["compare-dropout", "--data", str(colour_dir), "--rates", "0,0.5",
             "--base", "resnet50", "--image-size", "32", "--weights", "none", "--dense", "0", "--optimizer", "adam",
             "--lr", "3e-3", "--epochs", "8", "--batch-size", "16", "--quiet", "--out", str(out)]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    code = main(argv)
+    stderr = capsys.readouterr().err
+    assert code == 0, stderr[-2000:]
     for rate in ("0", "0.5"):
         folder = out / f"rate_{rate}"
         assert {"model.keras", "config.json", "history.csv", "run.json", "labels.json"} <= {p.name for p in folder.iterdir()}
@@ -188,7 +189,7 @@ def test_compare_dropout_command_writes_run_folders_and_the_table(colour_dir, tm
         assert float(r["final_gap"]) == pytest.approx(float(r["final_train_accuracy"]) - float(
             list(csv.DictReader(open(out / f"rate_{r['rate']}" / "history.csv")))[-1]["val_accuracy"]), abs=1e-3)
     assert (out / "comparison.html").stat().st_size > 100_000  # plotly.js inside
-    assert "best val_accuracy" in done.stderr
+    assert "best val_accuracy" in stderr and "warning: weights none with every base layer locked" in stderr
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -410,6 +410,15 @@ def describe_weights_file(path: str | Path) -> dict:
         return {"format": "unreadable"}
 
 
+def unknown_cut(cut: str, layer_names: list[str], base_name: str) -> str:
+    """The refusal of a cut at a layer the base does not have, with the closest names."""
+    import difflib
+
+    close = difflib.get_close_matches(cut, layer_names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"cut: Expected a layer name of {base_name}. Received: {cut!r}.{hint}"
+
+
 def cut_base(base, cut: str | None):
     """The base truncated at layer ``cut`` (built on the base itself, before wrapping)."""
     import keras
@@ -419,13 +428,9 @@ def cut_base(base, cut: str | None):
     try:
         layer = base.get_layer(cut)
     except ValueError:
-        import difflib
-
-        close = difflib.get_close_matches(cut, [layer.name for layer in base.layers], n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
         from core.config import ConfigError
 
-        raise ConfigError(f"cut: Expected a layer name of {base.name}. Received: {cut!r}.{hint}") from None
+        raise ConfigError(unknown_cut(cut, [layer.name for layer in base.layers], base.name)) from None
     if isinstance(layer.output, (list, tuple)) or len(layer.output.shape) != 4:
         from core.config import ConfigError
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from core.compare import DEFAULT_RATES, CompareResult, ComparePlan, parse_rates, plan_comparison, run_comparison  # noqa: F401
+from core.compare import DEFAULT_RATES, CompareResult, ComparePlan, parse_rates, plan_comparison  # noqa: F401
 from core.config import ConfigError, ExperimentConfig
 from core.data import cache_dir
 from core.runstore import ACTIVE, RunRecord, RunStore, new_run_id, pid_alive
@@ -504,10 +504,11 @@ def _imagenet_problem(base: str, size: int, alpha: float) -> str | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _layer_names(base: str, size: int, alpha: float) -> tuple[str, ...]:
+def _layer_names(base: str, size: int, alpha: float) -> tuple[tuple[str, ...], str]:
     from core.bases import build_base
 
-    return tuple(layer.name for layer in build_base(base, size, alpha, "none").layers)
+    built = build_base(base, size, alpha, "none")
+    return tuple(layer.name for layer in built.layers), built.name
 
 
 def launch_problems(config: ExperimentConfig) -> list[str]:
@@ -522,13 +523,15 @@ def launch_problems(config: ExperimentConfig) -> list[str]:
     size, alpha = config.resolved_image_size(), float(config.alpha)
     spec = FreezeSpec.parse(config.freeze)
     if spec.mode in ("up-to", "unlock") or config.cut:
-        names = list(_layer_names(config.base, size, alpha))
+        from core.bases import unknown_cut
+
+        names, base_name = _layer_names(config.base, size, alpha)
         try:
-            spec.locked_mask(names)
+            spec.locked_mask(list(names))
         except ConfigError as e:
             problems.extend(e.problems)
         if config.cut and config.cut not in names:
-            problems.append(f"cut: Expected a layer name of {config.base}. Received: {config.cut!r}")
+            problems.append(unknown_cut(config.cut, list(names), base_name))
     if config.weights == "imagenet":
         problem = _imagenet_problem(config.base, size, alpha)
     elif config.weights != "none":
@@ -645,13 +648,6 @@ def delete_runs(workspace, run_ids) -> tuple[int, list[str]]:
 
 
 # -- comparisons (the engine is core.compare) ------------------------------------------------------
-
-def compare_dropout(config: ExperimentConfig, data, rates=DEFAULT_RATES, listeners=(), stop=None, seeds: int = 1,
-                    placement: str = "each", out_dir=None) -> CompareResult:
-    """Train ``config`` once per dropout rate (and seed), same split, in this process."""
-    plan = plan_comparison(config, "dropout", rates, seeds=seeds, placement=placement, val_size=len(data.validation))
-    return run_comparison(plan, data, listeners=listeners, stop=stop, out_dir=out_dir)
-
 
 def start_comparison(plan: ComparePlan, data, workspace=None) -> RunHandle:
     """A planned comparison (:func:`core.compare.plan_comparison`) in a worker process, each

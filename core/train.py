@@ -537,8 +537,12 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
     run_dirs = list(run_dirs) if run_dirs is not None else [None] * n
     for c in configs:
         c.validate()
-    if n < 2 or len({together_key(c) for c in configs}) != 1 or together_key(configs[0]) is None:
+
+    def one_by_one():
         return [train(c, data, ls, stop, d, strategy=strategy) for c, ls, d in zip(configs, listeners, run_dirs)]
+
+    if n < 2 or len({together_key(c) for c in configs}) != 1 or together_key(configs[0]) is None:
+        return one_by_one()
     stop = stop or StopFlag()
     strategy = strategy or make_strategy("auto")
     first = configs[0]
@@ -552,7 +556,7 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
         builts = [build_model(c, len(data.class_names), base=base, copy=False) for c in configs]
     timings["build_s"] = time.perf_counter() - t0
     if not all(b.base_frozen for b in builts):
-        return [train(c, data, ls, stop, d, strategy=strategy) for c, ls, d in zip(configs, listeners, run_dirs)]
+        return one_by_one()
     run_ids = [time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6] for _ in configs]
     recorders = []
     for rid, c, b, ls in zip(run_ids, configs, builts, listeners):

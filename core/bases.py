@@ -440,11 +440,14 @@ def cut_base(base, cut: str | None):
 
 
 def suggested_cuts(base, name: str) -> list[tuple[str, tuple]]:
-    """Named cut points with their output shapes, in order (e.g. mixed0 … mixed10)."""
+    """Named cut points with their output shapes, in order (e.g. mixed0 … mixed10).
+    ``base``: a Keras base or its :class:`core.baseinfo.BaseInfo`."""
+    from core.baseinfo import as_info
+
+    layers = as_info(base).layers
     pattern = re.compile(get_spec(name).cut_pattern)
-    last = base.layers[-1]
-    return [(layer.name, tuple(layer.output.shape)) for layer in base.layers
-            if pattern.match(layer.name) or layer is last]
+    return [(layer.name, layer.output_shape) for i, layer in enumerate(layers)
+            if pattern.match(layer.name) or i == len(layers) - 1]
 
 
 def _first_line(e: Exception) -> str:
@@ -474,12 +477,12 @@ def weights_file_problem(name: str, image_size: int, alpha: float, path: str) ->
 
 def cut_choices(base, name: str) -> list[tuple[str, tuple, bool]]:
     """Every layer the head can attach to, as (name, output shape, suggested): the
-    suggested cut points first, in order, then every other image-shaped layer."""
-    suggested = {n for n, _ in suggested_cuts(base, name)}
-    rows = []
-    for layer in base.layers[1:]:
-        out = layer.output
-        if isinstance(out, (list, tuple)) or len(out.shape) != 4:
-            continue
-        rows.append((layer.name, tuple(out.shape[1:]), layer.name in suggested))
+    suggested cut points first, in order, then every other image-shaped layer.
+    ``base``: a Keras base or its :class:`core.baseinfo.BaseInfo`."""
+    from core.baseinfo import as_info
+
+    info = as_info(base)
+    suggested = {n for n, _ in suggested_cuts(info, name)}
+    rows = [(layer.name, tuple(layer.output_shape[1:]), layer.name in suggested) for layer in info.layers[1:]
+            if layer.output_shape is not None and len(layer.output_shape) == 4]
     return [r for r in rows if r[2]] + [r for r in rows if not r[2]]

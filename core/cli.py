@@ -240,9 +240,11 @@ def cmd_compare(args) -> int:
 def _check_runs(plan) -> None:
     """Every planned run's layers and weights checked before any data is read or run is trained."""
     from core.bases import WeightsError
+    import core.baseinfo
     from core.experiments import launch_problems
 
     _quiet_tensorflow()
+    core.baseinfo.WHERE = "here"  # this process trains: its TensorFlow answers, no child needed
     problems = sorted({p for r in plan.runs for p in launch_problems(r.config)})
     weights = [p for p in problems if p.startswith(("weights", "Could not download", "ImageNet"))]
     if weights:

@@ -20,7 +20,6 @@ Nothing here imports Streamlit, and TensorFlow is only imported in the worker
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import multiprocessing
 import signal
@@ -489,28 +488,6 @@ def start_training(config: ExperimentConfig, data, workspace=None) -> RunHandle:
     return _launch(workspace, "train", [config], [run_label(config)], data)
 
 
-@functools.lru_cache(maxsize=16)
-def _weights_file_problem(base: str, size: int, alpha: float, path: str, stamp: int) -> str | None:
-    from core.bases import weights_file_problem
-
-    return weights_file_problem(base, size, alpha, path)
-
-
-@functools.lru_cache(maxsize=16)
-def _imagenet_problem(base: str, size: int, alpha: float) -> str | None:
-    from core.bases import imagenet_problem
-
-    return imagenet_problem(base, size, alpha)
-
-
-@functools.lru_cache(maxsize=8)
-def _layer_names(base: str, size: int, alpha: float) -> tuple[tuple[str, ...], str]:
-    from core.bases import build_base
-
-    built = build_base(base, size, alpha, "none")
-    return tuple(layer.name for layer in built.layers), built.name
-
-
 def launch_problems(config: ExperimentConfig) -> list[str]:
     """Why ``config`` cannot be trained now: its own checks; then, each looked up once and kept,
     a lock or cut naming a layer the base does not have, ImageNet weights that cannot be had,
@@ -520,25 +497,20 @@ def launch_problems(config: ExperimentConfig) -> list[str]:
         return problems
     from core.freeze import FreezeSpec
 
-    size, alpha = config.resolved_image_size(), float(config.alpha)
+    from core.baseinfo import base_facts
+
+    info, problem = base_facts(config.base, config.resolved_image_size(), float(config.alpha), config.weights)
     spec = FreezeSpec.parse(config.freeze)
     if spec.mode in ("up-to", "unlock") or config.cut:
         from core.bases import unknown_cut
 
-        names, base_name = _layer_names(config.base, size, alpha)
+        names = info.names()
         try:
-            spec.locked_mask(list(names))
+            spec.locked_mask(names)
         except ConfigError as e:
             problems.extend(e.problems)
         if config.cut and config.cut not in names:
-            problems.append(unknown_cut(config.cut, list(names), base_name))
-    if config.weights == "imagenet":
-        problem = _imagenet_problem(config.base, size, alpha)
-    elif config.weights != "none":
-        path = Path(config.weights)
-        problem = _weights_file_problem(config.base, size, alpha, str(path), path.stat().st_mtime_ns)
-    else:
-        problem = None
+            problems.append(unknown_cut(config.cut, names, info.name))
     return problems + ([problem] if problem else [])
 
 
@@ -696,20 +668,6 @@ def lock_param_counts(base, config: ExperimentConfig, num_classes: int) -> dict:
     from core.freeze import lock_param_counts as _counts
 
     return _counts(base, config, num_classes)
-
-
-def imagenet_problem(base: str, image_size: int, alpha: float) -> str | None:
-    """None when ImageNet weights can be had for this base, else the reason (see core.bases)."""
-    from core.bases import imagenet_problem as _problem
-
-    return _problem(base, image_size, alpha)
-
-
-def check_weights_file(base: str, image_size: int, alpha: float, path: str) -> str | None:
-    """None when the weights file fits this base, else the reason (see core.bases)."""
-    from core.bases import weights_file_problem
-
-    return weights_file_problem(base, image_size, alpha, path)
 
 
 # -- the experiment so far, in words (the sidebar) ---------------------------------------------------

@@ -227,10 +227,13 @@ def layer_table(model, spec: FreezeSpec | str | None = None, expand_nested: bool
 
 
 # -- what a setting costs, read off a base that is never changed ---------------------------------
+# Each takes a Keras base or its core.baseinfo.BaseInfo (what the app has: no TensorFlow there).
 
 def cut_index(base, cut: str | None) -> int:
     """Index of the last layer kept when the base is cut at ``cut`` (the last layer if None)."""
-    names = [layer.name for layer in base.layers]
+    from core.baseinfo import as_info
+
+    names = as_info(base).names()
     if not cut or cut not in names:
         return len(names) - 1
     return names.index(cut)
@@ -238,14 +241,12 @@ def cut_index(base, cut: str | None) -> int:
 
 def lockable_names(base, config) -> list[str]:
     """Layers up to the cut whose weights a lock decides (BatchNorm only if it may train)."""
+    from core.baseinfo import as_info
+
+    info = as_info(base)
     train_bn = batchnorm_trains(config)
-    return [layer.name for layer in base.layers[: cut_index(base, config.cut) + 1]
-            if _can_train(layer) and (train_bn or type(layer).__name__ not in BATCHNORM_TYPES)]
-
-
-def _can_train(layer) -> bool:
-    """Whether a layer has weights that training could change, whatever its flag says now."""
-    return bool(getattr(layer, "_trainable_variables", None) or layer.trainable_weights)
+    return [layer.name for layer in info.layers[: cut_index(info, config.cut) + 1]
+            if layer.trainable_params and (train_bn or layer.type not in BATCHNORM_TYPES)]
 
 
 def layer_rows(base, config) -> list[dict]:
@@ -258,25 +259,30 @@ def layer_rows(base, config) -> list[dict]:
     import re
 
     from core.bases import BASES
+    from core.baseinfo import as_info
 
-    rows = layer_table(base, "none")
-    last = cut_index(base, config.cut)
-    names = [r["name"] for r in rows[: last + 1]]
-    mask = FreezeSpec.parse(config.freeze).locked_mask(names)
+    info = as_info(base)
+    last = cut_index(info, config.cut)
+    mask = FreezeSpec.parse(config.freeze).locked_mask(info.names()[: last + 1])
     spec = BASES.get(config.base)
     pattern = re.compile(spec.cut_pattern) if spec else None
-    for i, row in enumerate(rows):
-        is_bn = row["type"] in BATCHNORM_TYPES
-        row["suggested_cut"] = bool(pattern and pattern.match(row["name"])) or i == len(rows) - 1
+    rows = []
+    for i, layer in enumerate(info.layers):
+        row = {"index": i, "name": layer.name, "type": layer.type,
+               "output_shape": str(layer.output_shape if layer.output_shape is not None else ()),
+               "params": layer.params, "block": block_of(layer.name)}
+        is_bn = layer.type in BATCHNORM_TYPES
+        row["suggested_cut"] = bool(pattern and pattern.match(layer.name)) or i == len(info.layers) - 1
         if i > last:
             row["trainable"], row["state"] = False, "cut off"
-        elif not row["params"]:
+        elif not layer.params:
             row["trainable"], row["state"] = False, "no weights"
         elif mask[i] or (is_bn and not batchnorm_trains(config)):
             row["trainable"] = False
             row["state"] = "locked" if mask[i] else "locked (BatchNorm)"
         else:
             row["trainable"], row["state"] = True, "trainable"
+        rows.append(row)
     return rows
 
 
@@ -288,20 +294,19 @@ def lock_param_counts(base, config, num_classes: int) -> dict:
     using the (un-mutated) base's layers up to the cut, plus the head estimate.
     Raises ConfigError for an unknown ``up-to`` layer.
     """
+    from core.baseinfo import as_info
     from core.head import head_param_estimate
 
-    last = cut_index(base, config.cut)
-    layers = base.layers[: last + 1]
+    info = as_info(base)
+    layers = info.layers[: cut_index(info, config.cut) + 1]
     mask = FreezeSpec.parse(config.freeze).locked_mask([layer.name for layer in layers])
     trainable = locked = 0
     for layer, is_locked in zip(layers, mask):
-        total = count_params(layer.weights)
-        can_train = count_params(layer.trainable_weights) if layer.trainable else 0
-        is_bn = type(layer).__name__ in BATCHNORM_TYPES
-        t = 0 if is_locked or (is_bn and not batchnorm_trains(config)) else can_train
+        is_bn = layer.type in BATCHNORM_TYPES
+        t = 0 if is_locked or (is_bn and not batchnorm_trains(config)) else layer.trainable_params
         trainable += t
-        locked += total - t
-    feature_shape = tuple(int(d) for d in layers[-1].output.shape[1:])
+        locked += layer.params - t
+    feature_shape = tuple(int(d) for d in (layers[-1].output_shape or (None,))[1:])
     head = head_param_estimate(feature_shape, config, num_classes) if len(feature_shape) == 3 else 0
     return {"base_trainable": trainable, "base_locked": locked, "head": head,
             "trainable": trainable + head, "locked": locked, "total": trainable + locked + head,

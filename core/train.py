@@ -160,14 +160,32 @@ def make_optimizer(name: str, lr: float):
     raise ValueError(f"optimizer: Expected rmsprop, adam or sgd. Received: {name!r}")
 
 
-def compile_model(model, config: ExperimentConfig, lr: float | None = None, outputs: int = 1) -> None:
+JIT_HEAD_WEIGHTS = 2_000_000
+VAL_FEATURE_BATCH = 256  # validation batches on cached features (inference only: the same scores, up to rounding)
+
+
+def compile_model(model, config: ExperimentConfig, lr: float | None = None, outputs: int = 1,
+                  head_only: bool = False) -> None:
     """The one place Transfer Lab compiles. Call again after any change to ``trainable``:
     Keras fixes the list of trainable weights at compile time. ``lr`` overrides
     ``config.lr`` (the fine-tuning phase); ``outputs`` > 1: heads side by side, one loss each
-    (their sum is minimised, so each head gets its own loss's gradient)."""
+    (their sum is minimised, so each head gets its own loss's gradient).
+
+    ``head_only``: a head trained on cached features (dense layers only). A large one (at
+    least :data:`JIT_HEAD_WEIGHTS` weights, e.g. Flatten → Dense 1024: tens of millions) has
+    its training step compiled with XLA when no ``tf.distribute`` strategy is in scope: the
+    optimizer's update is then one fused pass over its weights instead of one per operation
+    (measured about 1.3x faster on a CPU). A small head would only pay XLA's compile time,
+    and a base is never compiled with XLA: its convolutions are far slower so on a CPU."""
     import keras
 
+    jit = False
+    if head_only and model.count_params() >= JIT_HEAD_WEIGHTS:
+        import tensorflow as tf
+
+        jit = not tf.distribute.has_strategy()
     model.compile(
+        jit_compile=jit,
         optimizer=make_optimizer(config.optimizer, config.lr if lr is None else lr),
         loss="sparse_categorical_crossentropy" if outputs == 1 else ["sparse_categorical_crossentropy"] * outputs,
         # side by side, each head's own loss is logged as a metric ("xent"): Keras' per-output
@@ -235,6 +253,30 @@ def _arrays(paths: list[str], size: int) -> np.ndarray:
             _ARRAYS.pop(next(iter(_ARRAYS)))
         _ARRAYS[key] = load_arrays(paths, size)
     return _ARRAYS[key]
+
+
+def _decode_meanwhile(data: DataSplits, size: int):
+    """Start decoding both splits on a thread while the model is built (decoding releases the
+    GIL; building is mostly Python). Returns ``get(size)`` → (x_train, x_val): the arrays
+    decoded meanwhile, or decoded then at the model's size if that differs."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transfer-lab-decode")
+    future = pool.submit(lambda: (_arrays(data.train.paths, size), _arrays(data.validation.paths, size)))
+    pool.shutdown(wait=False)
+
+    def get(model_size: int):
+        try:
+            arrays = future.result()
+        except Exception:
+            if model_size == size:
+                raise
+            arrays = None
+        if model_size != size or arrays is None:
+            return _arrays(data.train.paths, model_size), _arrays(data.validation.paths, model_size)
+        return arrays
+
+    return get
 
 
 @dataclass
@@ -356,6 +398,7 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
     stop = stop or StopFlag()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    decoded = _decode_meanwhile(data, config.resolved_image_size())
     strategy = strategy or make_strategy("auto")
     keras.utils.set_random_seed(config.seed)
     num_classes = len(data.class_names)
@@ -393,9 +436,8 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
         listener.on_train_begin(plan)
 
     t = time.perf_counter()
-    x_train = _arrays(data.train.paths, built.image_size)
-    x_val = _arrays(data.validation.paths, built.image_size)
-    timings["decode_s"] = time.perf_counter() - t
+    x_train, x_val = decoded(built.image_size)
+    timings["decode_s"] = time.perf_counter() - t  # what decoding added after the build
     y_train, y_val = data.train.labels, data.validation.labels
 
     recorder = _Recorder(run_id, config, listeners, stop, built.model, total_epochs=n, history=before)
@@ -417,7 +459,7 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
                 fit_model = _head_model(built)
             else:
                 fit_model = built.model
-            compile_model(fit_model, config, lr=ph.lr)
+            compile_model(fit_model, config, lr=ph.lr, head_only=path == "features")
         if path == "features":
             f_train, f_val = features
             if stop.is_set() or f_train is None:
@@ -430,6 +472,8 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
                 # head side by side with others (train_together)
                 keras.utils.set_random_seed(config.seed)
             fit_val = (np.asarray(f_val, np.float32), y_val)
+            # validation on features in one batch of up to 256: one compiled shape, fewer steps
+            fit_kwargs["validation_batch_size"] = VAL_FEATURE_BATCH
             recorder.start_phase(ph.name, ph.lr, fit_model.weights)
             score_x = f_train
         else:
@@ -548,6 +592,7 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
     first = configs[0]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    decoded = _decode_meanwhile(data, first.resolved_image_size())
     keras.utils.set_random_seed(first.seed)  # as train() does: the same base (weights none: its init) and heads
     with strategy.scope():
         base = build_base(first.base, first.resolved_image_size(), first.alpha, first.weights)
@@ -569,8 +614,7 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
         recorders.append(_Recorder(rid, c, ls, stop, b.model, total_epochs=c.epochs))
 
     t = time.perf_counter()
-    x_train = _arrays(data.train.paths, builts[0].image_size)
-    x_val = _arrays(data.validation.paths, builts[0].image_size)
+    x_train, x_val = decoded(builts[0].image_size)
     timings["decode_s"] = time.perf_counter() - t
     y_train, y_val = data.train.labels, data.validation.labels
     t = time.perf_counter()
@@ -584,7 +628,7 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
             heads = [_head_model(b, name=f"head_{i}") for i, b in enumerate(builts)]
             inp = keras.Input(tuple(f_train.shape[1:]), name="features")
             joint = keras.Model(inp, [h(inp) for h in heads], name="heads_side_by_side")
-            compile_model(joint, first, outputs=n)
+            compile_model(joint, first, outputs=n, head_only=True)
         for rec, head in zip(recorders, heads):
             rec.start_phase("head", first.lr, head.weights)
         score = None
@@ -595,7 +639,7 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
         t = time.perf_counter()
         keras.utils.set_random_seed(first.seed)  # the batches each head would see alone (see _execute)
         joint.fit(f_train, [y_train] * n, validation_data=(f_val, [y_val] * n), epochs=first.epochs,
-                  batch_size=first.batch_size, shuffle=True, verbose=0,
+                  batch_size=first.batch_size, validation_batch_size=VAL_FEATURE_BATCH, shuffle=True, verbose=0,
                   callbacks=[_side_by_side_callback(recorders, stop, score)])
         timings["fit_s"] = time.perf_counter() - t
         ran = True
@@ -941,32 +985,51 @@ def _load_features(folder: Path):
 
 
 def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Path, total: int) -> bool:
+    """One pass of the base over every split, as one stream of equal batches (the last one
+    padded): the base is traced once, not once per batch shape (each trace of a large base
+    costs about as much as a few batches)."""
     import keras
 
     extractor = keras.Model(built.model.inputs, built.head_layers[0].output)
-    batches = sum(max(1, -(-len(x) // batch_size)) for x in splits.values())
-    done = 0
+    bs = max(1, min(int(batch_size), total))
+    batches = max(1, -(-total // bs))
     dim = tuple(int(d) for d in built.head_layers[0].output.shape[1:])
     big = total * int(np.prod(dim)) * 4 > FLOAT16_BYTES
-    for split, x in splits.items():
-        n = len(x)
-        out = np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", dtype=np.float16 if big else np.float32,
-                                        shape=(n,) + dim)
-        for b in range(-(-n // batch_size)):
-            if recorder.stop.is_set():
-                del out
-                return False
-            chunk = x[b * batch_size:(b + 1) * batch_size].astype(np.float32)
-            f = np.asarray(extractor.predict_on_batch(chunk))
-            out[b * batch_size:b * batch_size + len(f)] = f
-            done += 1
-            recorder.batch("features", 0, done, batches, {})
+    outs = {split: np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", shape=(len(x),) + dim,
+                                             dtype=np.float16 if big else np.float32)
+            for split, x in splits.items()}
+    # where each image of the stream goes: (split, row)
+    where = [(split, i) for split, x in splits.items() for i in range(len(x))]
+    for b in range(batches):
+        if recorder.stop.is_set():
+            outs.clear()
+            return False
+        part = where[b * bs:(b + 1) * bs]
+        chunk = np.zeros((bs,) + splits[part[0][0]].shape[1:], np.float32)
+        for k, (split, i) in enumerate(part):
+            chunk[k] = splits[split][i]
+        f = np.asarray(extractor.predict_on_batch(chunk))
+        for split in splits:
+            rows = [(k, i) for k, (sp, i) in enumerate(part) if sp == split]
+            if rows:
+                outs[split][rows[0][1]:rows[-1][1] + 1] = f[rows[0][0]:rows[-1][0] + 1]
+        recorder.batch("features", 0, b + 1, batches, {})
+    for out in outs.values():
         out.flush()
-        del out
+    outs.clear()
     return True
 
 
 # -- the bridge from Keras callbacks to listeners ---------------------------------------------------
+
+def _snapshot(variables) -> list:
+    """The variables' values now, as tensors: no copy is made here (0.2 ms, not 0.3 s for a
+    32 M-weight Flatten head through NumPy); TensorFlow copies a variable's buffer on its next
+    write while a snapshot still holds it (copy on write), so the values stay as they were."""
+    import tensorflow as tf
+
+    return [tf.identity(v) for v in variables]
+
 
 class _Recorder:
     """Keeps history, best weights and the stop/early-stop state for one run (all its phases)."""
@@ -1006,7 +1069,7 @@ class _Recorder:
         snapshot what this phase can change, so that restoring its best is exact."""
         self.tracked = list(variables)
         if self.best is not None:
-            self.best_weights = [np.array(v) for v in self.tracked]
+            self.best_weights = _snapshot(self.tracked)
         self.phase, self.lr = phase, float(lr)
         self.early_stopped = False
         self._bad_epochs = 0
@@ -1071,7 +1134,7 @@ class _Recorder:
         value = row.get(self.monitor)
         if self._better(value):
             self.best = (epoch, float(value))
-            self.best_weights = [np.array(v) for v in self.tracked]
+            self.best_weights = _snapshot(self.tracked)
         self.history.append(row)
         patience = self.config.early_stopping
         if patience:

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from core import charts, samples
+from core import baseinfo, charts, samples
 from core.data import (FOLDERS_ENV, PUBLIC_DATASETS, SAMPLE_IMAGE_SIZE, DataError, add_class_images,
                        check_server_folder, class_folder_counts, download_dataset, load_dataset,
                        make_sample_dataset, merge_zips, remove_class, server_folders)
@@ -271,6 +271,9 @@ else:
         st.markdown(f"**Notes** ({len(data.notes)}): files used or left out on purpose")
         st.caption("  \n".join(md(n) for n in data.notes))
     st.page_link("pages/2_base.py", label="Next: choose a pretrained base →", icon=":material/layers:")
+    # the next page reads the base's layers: start on them while the user looks at the data
+    cfg = st.session_state.config
+    baseinfo.prefetch(cfg.base, cfg.resolved_image_size(), cfg.alpha, cfg.weights)
 
 # -- privacy -------------------------------------------------------------------------------------------
 with st.expander("Your data on this server"):

@@ -6,9 +6,9 @@ import streamlit as st
 from core import samples
 import hashlib
 
+from core.baseinfo import base_facts
 from core.bases import BASES, cut_choices, get_spec
 from core.config import ConfigError
-from core.experiments import check_weights_file, imagenet_problem
 from core.freeze import (FreezeSpec, filter_rows, layer_rows, lock_param_counts, lockable_names,
                          unlocked_batchnorm)
 from core.head import head_plan, mib
@@ -29,22 +29,10 @@ LOCKS = {"all": "Lock all base layers (train only the head)", "up-to": "Lock up 
          "none": "Lock nothing (fine-tune the whole base)"}
 
 
-@st.cache_resource(max_entries=6, show_spinner="Building the base's layers…")
-def architecture(name: str, size: int, alpha: float):
-    """The base with random weights, only read (layer table, counts); never trained or mutated."""
-    from core.bases import build_base
-
-    return build_base(name, size, alpha, "none")
-
-
-@st.cache_resource(max_entries=16, show_spinner="Checking whether ImageNet weights can be had…")
-def imagenet_check(name: str, size: int, alpha: float):
-    return imagenet_problem(name, size, alpha)
-
-
-@st.cache_resource(max_entries=16, show_spinner="Loading the weights file into the base…")
-def file_check(name: str, size: int, alpha: float, path: str, stamp: int):
-    return check_weights_file(name, size, alpha, path)
+def facts(name: str, size: int, alpha: float, weights: str = "none"):
+    """The base's layer facts and why ``weights`` cannot be used (computed once, outside the app)."""
+    with st.spinner("Reading the base's layers and checking its weights…"):
+        return base_facts(name, size, alpha, weights)
 
 
 def init(key, value):
@@ -102,7 +90,7 @@ st.subheader("Weights")
 kind = st.radio("Start from", list(WEIGHTS), format_func=WEIGHTS.get, key="w_weights", horizontal=True)
 weights = cfg.weights
 if kind == "imagenet":
-    problem = imagenet_check(base_name, size, alpha)
+    problem = facts(base_name, size, float(alpha), "imagenet")[1]
     if problem:
         st.error(f"**ImageNet weights are not available here.** {problem}.  \n"
                  "Pick one of the other two: upload a weights file for this base, or train from scratch.")
@@ -129,7 +117,7 @@ else:
         from pathlib import Path
 
         p = Path(path)
-        problem = file_check(base_name, size, alpha, path, p.stat().st_mtime_ns if p.exists() else 0)
+        problem = facts(base_name, size, float(alpha), path)[1]
         if problem:
             st.error(f"**This weights file cannot be used.** {problem}")
         else:
@@ -139,7 +127,7 @@ else:
         st.warning(f"No weights file uploaded yet; the experiment keeps weights **{cfg.weights_label()}** "
                    "until you upload one.")
 
-base = architecture(base_name, size, float(alpha))
+base = facts(base_name, size, float(alpha))[0]
 
 st.subheader("Layers")
 choices = cut_choices(base, base_name)

@@ -71,12 +71,17 @@ for p in problems:
     st.error(p)
 
 # Head size on the chosen base, without building the whole model.
-@st.cache_resource(max_entries=16, show_spinner="Measuring the base's output…")
 def feature_shape(name: str, size: int, alpha: float, cut):
-    from core.bases import build_base, cut_base
+    from core.baseinfo import base_info
+    from core.bases import cut_choices
 
-    base = cut_base(build_base(name, size, alpha, "none"), cut)
-    return tuple(int(d) for d in base.output.shape[1:])
+    with st.spinner("Reading the base's layers…"):
+        info = base_info(name, size, alpha)
+    shapes = {n: shape for n, shape, _ in cut_choices(info, name)}
+    last = info.layers[-1].name
+    if (cut or last) not in shapes:
+        raise ValueError(f"cut: Expected a layer of {info.name} with an image-shaped (H, W, C) output. Received: {cut!r}")
+    return shapes[cut or last]
 
 
 if not any(p.startswith(("base", "alpha", "image_size", "dense", "cut")) for p in problems):

@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# the test process has TensorFlow anyway: base facts computed here, no child per question
+# (test_baseinfo and the browser test take the app's own child-process path)
+os.environ.setdefault("TRANSFER_LAB_PROBE", "here")
 
 COLOURS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 

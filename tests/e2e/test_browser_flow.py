@@ -58,7 +58,7 @@ def shots_dir(tmp_path_factory) -> Path:
 def server(tmp_path_factory):
     port = free_port()
     env = dict(os.environ, TRANSFER_LAB_CACHE=str(tmp_path_factory.mktemp("e2e_cache")),
-               TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+               TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", TRANSFER_LAB_PROBE="auto")
     log = tmp_path_factory.mktemp("e2e_log") / "streamlit.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -238,6 +238,7 @@ def test_upload_a_zip_through_the_real_file_input(server, browser, shots_dir, tm
     zpath.write_bytes(_zip_of_class_folders())
     s.page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(zpath))
     s.page.get_by_text("Images per class").first.wait_for()
+    s.page.get_by_text(re.compile(r"^dogs \(\d+ train\)")).first.wait_for()  # the last class's thumbnails
     s.idle()
     body = s.page.locator("section.main, [data-testid='stMain']").first.inner_text()
     assert "cats" in body and "dogs" in body

@@ -168,12 +168,13 @@ def main() -> None:
         secs2 = train_once(at)
         after2 = rss()
         w2 = {pid: v for pid, v in s.worker_peaks.items() if pid not in w1}
-        alive = [pid for pid in s.worker_peaks if rss(pid)]
+        alive = {pid: rss(pid) for pid in s.worker_peaks if rss(pid)}  # e.g. multiprocessing's resource tracker
     print(f"\n(3) two back-to-back runs ({secs1:.0f} s, {secs2:.0f} s)")
     print(f"    app RSS after run 1 {after1 / MB:.0f} MB, after run 2 {after2 / MB:.0f} MB: "
           f"change {100 * (after2 - after1) / after1:+.1f} % (target within ±10 %)")
     print(f"    largest child peak RSS run 1 {max(w1.values(), default=0) / MB:.0f} MB, run 2 "
-          f"{max(w2.values(), default=0) / MB:.0f} MB; children still holding memory after the runs: {len(alive)}",
+          f"{max(w2.values(), default=0) / MB:.0f} MB; children alive after the runs: {len(alive)}, "
+          f"holding {sum(alive.values()) / MB:.0f} MB",
           flush=True)
 
     with Sampler() as s:

@@ -238,3 +238,23 @@ def test_augmentation_moves_images_in_training_only_and_follows_its_seed():
     assert not np.allclose(out_a[0], out_a[1])  # each image its own draw
     np.testing.assert_array_equal(np.asarray(a(x, training=False)), x)
     assert augmentation_model("none") is None
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
+def test_a_large_head_gets_fused_updates_with_the_plain_optimizers_losses(colour_data_session, monkeypatch, optimizer):
+    import core.train as ct
+
+    # ResNet50 at 32 px: 1x1x2048 features; Flatten -> Dense 1024 is 2.1 M weights (>= the threshold)
+    cfg = learner_config(pooling="flatten", dense=[1024], epochs=3, optimizer=optimizer, lr=1e-4)
+    made = []
+    real = ct._fused_updates
+    monkeypatch.setattr(ct, "_fused_updates", lambda cls: made.append(cls.__name__) or real(cls))
+    fused = train(cfg, colour_data_session)
+    assert made == [{"rmsprop": "RMSprop", "adam": "Adam"}[optimizer]]  # the head on features, once
+    monkeypatch.setattr(ct, "FUSED_HEAD_WEIGHTS", 10**12)
+    plain = train(cfg, colour_data_session)
+    assert len(made) == 1
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([h[key] for h in fused.history], [h[key] for h in plain.history], rtol=1e-5)
+    for a, b in zip(fused.model.weights, plain.model.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

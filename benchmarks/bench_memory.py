@@ -17,6 +17,7 @@ Printed:
   (2) the app's RSS across 20 reruns of the Train page (target: flat within 10 %)
   (3) the app's RSS after each of two back-to-back runs, and each worker's peak
       (target: flat within 10 %; a worker's memory goes back when it ends)
+  (4) the app's RSS once the Evaluate page has loaded the trained model (not part of the target)
 
     python benchmarks/bench_memory.py [--epochs 10] [--reruns 20]
 """
@@ -185,6 +186,10 @@ def main() -> None:
         secs3 = train_once(at)
     print(f"\n(1b) the whole base trained from scratch (weights none, lock none; {secs3:.0f} s)")
     s.report("not the target's flow")
+    at.switch_page("pages/6_evaluate.py").run()
+    assert not at.exception, at.exception
+    print(f"\n(4) after the Evaluate page (its predictions load the model in the app: TensorFlow imported "
+          f"{'tensorflow' in sys.modules}): app RSS {rss() / MB:.0f} MB")
     print(f"    app process peak (VmHWM) over the whole benchmark: {peak_rss_self() / MB:.0f} MB", flush=True)
 
 

@@ -109,20 +109,74 @@ def _here() -> bool:
     return WHERE == "here" or (WHERE == "auto" and "tensorflow" in sys.modules)
 
 
+KEEP_S = 60.0  # a child with TensorFlow stays this long after its last answer (the next base is quick)
+_POOL = None
+_TIMER: threading.Timer | None = None
+
+
 def _run(fn, *args, nice: int = 0):
-    """``fn(*args)`` in a fresh ``spawn`` child (its TensorFlow goes when it ends), or here.
-    ``nice``: the child's lower priority (a prefetch yields the CPU to the page being used)."""
+    """``fn(*args)`` in a ``spawn`` child (its TensorFlow goes when it ends), or here.
+
+    The child is kept for :data:`KEEP_S` seconds after its last answer, so a user trying
+    several bases pays TensorFlow's start-up once; :func:`release` ends it at once (before a
+    training worker starts). ``nice``: the priority of a child started for this call (a
+    prefetch yields the CPU to the page being used)."""
+    global _TIMER
     if _here():
         return fn(*args)
     import concurrent.futures
+
+    for _attempt in range(2):  # a child ended between two questions (release, its timer): one new child
+        pool = _pool(nice)
+        if pool is None:  # no child could be had: ask here
+            return fn(*args)
+        try:
+            try:
+                future = pool.submit(fn, *args)
+            except (RuntimeError, OSError):  # shut down meanwhile, or no process could start
+                release()
+                continue
+            try:
+                return future.result()  # fn's own errors come through as they are
+            except concurrent.futures.process.BrokenProcessPool:  # the child died
+                release()
+        finally:
+            with _POOL_LOCK:
+                if _POOL is pool:
+                    _TIMER = threading.Timer(KEEP_S, release)
+                    _TIMER.daemon = True
+                    _TIMER.start()
+    return fn(*args)
+
+
+def _pool(nice: int):
+    """The kept child (its timer stopped while it answers), or a new one; None if none can start."""
+    global _POOL
+    import concurrent.futures
     import multiprocessing
 
-    try:
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=os.nice, initargs=(nice,)) as pool:
-            return pool.submit(fn, *args).result()
-    except (OSError, concurrent.futures.process.BrokenProcessPool):  # no child could be had: ask here
-        return fn(*args)
+    with _POOL_LOCK:
+        if _TIMER is not None:
+            _TIMER.cancel()
+        if _POOL is None:
+            try:
+                _POOL = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                               initializer=os.nice, initargs=(nice,))
+            except OSError:
+                return None
+        return _POOL
+
+
+def release() -> None:
+    """End the child process now (its memory goes back); the next question starts a new one."""
+    global _POOL, _TIMER
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+        if _TIMER is not None:
+            _TIMER.cancel()
+            _TIMER = None
+    if pool is not None:  # idle when a worker is about to start (its launch check asked first): quick
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _info_file(name: str, size: int, alpha: float) -> Path:
@@ -141,13 +195,16 @@ def _info_file(name: str, size: int, alpha: float) -> Path:
 def _known_info(name: str, size: int, alpha: float) -> BaseInfo | None:
     f = _info_file(name, size, alpha)
     try:
-        return BaseInfo.from_dict(json.loads(f.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):
+        info = BaseInfo.from_dict(json.loads(f.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    # a damaged or foreign file is computed again, never shown
+    return info if info.layers and info.layers[-1].output_shape else None
 
 
 _PROBLEMS: dict[tuple, str | None] = {}
 _LOCK = threading.Lock()  # one question at a time: a page and a prefetch never ask twice
+_POOL_LOCK = threading.Lock()
 
 
 def _stamp(weights: str) -> tuple:

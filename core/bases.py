@@ -451,8 +451,14 @@ def suggested_cuts(base, name: str) -> list[tuple[str, tuple]]:
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+    """The first sentence of an error (a line ending in ':' goes on with the next one), ≤ 300 chars."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def imagenet_problem(name: str, image_size: int, alpha: float) -> str | None:

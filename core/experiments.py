@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from core.baseinfo import release as release_base_facts
 from core.compare import DEFAULT_RATES, CompareResult, ComparePlan, parse_rates, plan_comparison  # noqa: F401
 from core.config import ConfigError, ExperimentConfig
 from core.data import cache_dir
@@ -464,6 +465,7 @@ def _launch(workspace, kind: str, configs: list[ExperimentConfig], labels: list[
                      meta=metas[i] if metas else None)
         runs.append({"id": rid, "config": cfg.to_json(), "run_dir": str(run_dir)})
     job = {"data": str(spec), "runs": runs}
+    release_base_facts()  # the base-facts child's TensorFlow goes before the worker's comes
     proc = multiprocessing.get_context("spawn").Process(target=run_job, args=(str(store.path), job),
                                                          name=f"transfer-lab-{kind}", daemon=True)
     proc.start()
@@ -540,6 +542,7 @@ def start_continue(workspace, run_id: str, epochs: int = 0, fine_tune_layers: in
     job = {"data": str(Path(rec.run_dir) / "data.json"),
            "runs": [{"id": rec.id, "config": json.dumps(rec.config), "run_dir": rec.run_dir, "continue": more}]}
     store.resume(rec.id)
+    release_base_facts()  # the base-facts child's TensorFlow goes before the worker's comes
     proc = multiprocessing.get_context("spawn").Process(target=run_job, args=(str(store.path), job),
                                                          name="transfer-lab-continue", daemon=True)
     proc.start()

@@ -145,7 +145,7 @@ if handle is not None and not handle.running:
                            + ([] if len(result.seeds) > 1 else ["seeds", "best val accuracy sd", "final gap sd"]))
         shown = shown[[shown.columns[0], "verdict"] + [c for c in shown.columns[1:] if c != "verdict"]]
         st.dataframe(shown, hide_index=True, width="stretch", column_config={
-            **pct, "epoch of best": st.column_config.NumberColumn(format="%.1f"),
+            **pct, "epoch of best": st.column_config.NumberColumn(format="%.1f" if len(result.seeds) > 1 else "%d"),
             "final train accuracy": st.column_config.NumberColumn(
                 format="percent", help="The training split re-scored in inference mode (dropout off) after the "
                                        "last epoch: the accuracy logged during training has dropout on."),

@@ -18,6 +18,7 @@ def fresh(tmp_path, monkeypatch):
     bi._known_info.cache_clear()
     bi._PROBLEMS.clear()
     yield tmp_path
+    bi.release()
     bi._known_info.cache_clear()
     bi._PROBLEMS.clear()
 
@@ -51,6 +52,9 @@ def test_facts_come_from_a_child_process_and_then_from_disk(fresh, monkeypatch, 
     files = list((fresh / "bases").glob("*.json"))
     assert len(files) == 1 and "mobilenet_v2-a0.35-96px" in files[0].name
     assert bi.known("mobilenet_v2", 96, 0.35, str(missing))
+    assert bi._POOL is not None  # the child stays a while for the next question
+    bi.release()
+    assert bi._POOL is None
 
     def no_child(*a, **kw):
         raise AssertionError("asked again")
@@ -72,3 +76,29 @@ def test_unknown_base_is_refused_before_any_child(fresh, monkeypatch):
 def test_prefetch_is_never_a_thread_building_in_this_process(monkeypatch):
     monkeypatch.setattr(bi, "WHERE", "here")
     assert bi.prefetch("mobilenet_v2", 96, 0.35) is None
+
+
+@pytest.mark.parametrize("junk", [b"\x00\xffnot json", b"null", b'{"name": "x", "layers": []}',
+                                  b'{"name": "x", "layers": [{"name": "a"}]}'])
+def test_a_damaged_cache_file_is_computed_again(fresh, monkeypatch, junk):
+    monkeypatch.setattr(bi, "WHERE", "here")
+    good = bi.base_info("mobilenet_v2", 96, 0.35)
+    (f,) = (fresh / "bases").glob("*.json")
+    f.write_bytes(junk)
+    bi._known_info.cache_clear()  # a new app process finds the damaged file
+    assert not bi.known("mobilenet_v2", 96, 0.35)
+    assert bi.base_info("mobilenet_v2", 96, 0.35) == good
+    assert bi.BaseInfo.from_dict(json.loads(f.read_text())) == good  # written anew
+
+
+def test_a_child_ended_between_questions_is_replaced_not_answered_here(monkeypatch):
+    import os
+
+    monkeypatch.setattr(bi, "WHERE", "child")
+    first = bi._run(os.getpid)
+    assert first != os.getpid() and bi._POOL is not None
+    bi._POOL.shutdown(wait=True)  # as if released by another thread after this one took the pool
+    second = bi._run(os.getpid)
+    assert second not in (first, os.getpid())  # a new child answered, not the app process
+    bi.release()
+    assert bi._POOL is None and bi._TIMER is None

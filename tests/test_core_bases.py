@@ -234,3 +234,15 @@ def test_every_suggested_cut_of_every_base_cuts_to_its_listed_shape(name):
     assert cuts[-1][0] == base.layers[-1].name
     for cut, shape in cuts:
         assert tuple(cut_base(base, cut).output.shape) == shape and len(shape) == 4
+
+
+def test_a_keras_message_ending_in_a_colon_keeps_its_next_line():
+    from core.bases import _first_line
+
+    e = ValueError("Layer count mismatch when loading weights from file:\n  Model expected 52 layers, found 3.\n"
+                   "  more detail")
+    assert _first_line(e) == ("Layer count mismatch when loading weights from file: "
+                              "Model expected 52 layers, found 3.")
+    assert _first_line(ValueError("")) == "ValueError"
+    long = _first_line(ValueError("x" * 400))
+    assert len(long) == 300 and long.endswith("…")

@@ -17,7 +17,9 @@ Each phase picks its path:
   whole model, so the saved model is the base joined to the trained head.
 * **Anything else** (``full``): the whole model is fit on a ``tf.data`` pipeline
   of images decoded once and kept resized in memory (augmented by Keras
-  preprocessing layers, batched, prefetched).
+  preprocessing layers, batched, prefetched). With every base layer locked
+  (augmentation on), the validation images' features are computed once and
+  each epoch validates the head on them.
 
 The best epoch by ``config.monitor`` (val_loss by default, or val_accuracy) is
 tracked across phases; its weights are restored at the end of each phase and
@@ -512,6 +514,16 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
                 # features. Re-estimate them from training images before each validation.
                 recorder.validate = _validate_after_recalibration(built, x_train, fit_val, config.batch_size)
                 fit_val = None
+            elif built.base_frozen and len(x_val):
+                # a locked base gives the same validation features every epoch: one pass of the
+                # base over the validation images, then each epoch validates the head alone
+                t = time.perf_counter()
+                f_val = _val_features(built, x_val, config.batch_size, recorder)
+                timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - t
+                if f_val is None:  # stopped meanwhile
+                    break
+                recorder.validate = _validate_on_features(built, config, f_val, y_val)
+                fit_val = None
         if config.score_train:
             recorder.score = lambda model, x=score_x: inference_accuracy(model, x, y_train, config.batch_size)
         if config.class_weights:
@@ -941,6 +953,29 @@ def _validate_after_recalibration(built, x_train, val, batch_size):
     return validate
 
 
+def _val_features(built, x_val: np.ndarray, batch_size: int, recorder) -> np.ndarray | None:
+    """The base's features of the validation images (float32, in memory); None if stopped."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="val-features-") as tmp:
+        if not _compute_features(built, {"val": x_val}, batch_size, recorder, Path(tmp), len(x_val), float16=False):
+            return None
+        return np.array(np.load(Path(tmp) / "val.npy"))
+
+
+def _validate_on_features(built, config, f_val, y_val):
+    """Validation of the whole model with a locked base, as the head on the base's features:
+    the same loss and accuracy as Keras' validation of the whole model (up to rounding)."""
+    head = _head_model(built, name="head_validation")  # the model's own head layers
+    compile_model(head, config)  # for evaluate only: never fit
+
+    def validate(model) -> dict:
+        scores = head.evaluate(f_val, y_val, batch_size=VAL_FEATURE_BATCH, verbose=0, return_dict=True)
+        return {"val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"])}
+
+    return validate
+
+
 # -- base features, once -------------------------------------------------------------------------
 
 FEATURES_VERSION = "v2"
@@ -1008,17 +1043,19 @@ def _load_features(folder: Path):
     return tuple(out)
 
 
-def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Path, total: int) -> bool:
+def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Path, total: int,
+                      float16: bool = True) -> bool:
     """One pass of the base over every split, as one stream of equal batches (the last one
     padded): the base is traced once, not once per batch shape (each trace of a large base
-    costs about as much as a few batches)."""
+    costs about as much as a few batches). ``float16``: large features (over
+    :data:`FLOAT16_BYTES`) are kept as float16."""
     import keras
 
     extractor = keras.Model(built.model.inputs, built.head_layers[0].output)
     bs = max(1, min(int(batch_size), total))
     batches = max(1, -(-total // bs))
     dim = tuple(int(d) for d in built.head_layers[0].output.shape[1:])
-    big = total * int(np.prod(dim)) * 4 > FLOAT16_BYTES
+    big = float16 and total * int(np.prod(dim)) * 4 > FLOAT16_BYTES
     outs = {split: np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", shape=(len(x),) + dim,
                                              dtype=np.float16 if big else np.float32)
             for split, x in splits.items()}

@@ -86,8 +86,33 @@ def test_augmentation_trains_the_whole_model_through_tf_data(colour_data_session
     rec = Recorder()
     r = train(tiny_config(augment="default", epochs=2), colour_data_session, listeners=[rec])
     assert r.path == "full" and len(r.history) == 2
-    assert all(b.phase == "head" for b in rec.batches)  # the base is locked: the head phase, on images
+    # the base is locked: the head phase, on images (after one pass over the validation images)
+    assert {b.phase for b in rec.batches} == {"features", "head"}
     assert set(r.history[0]) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+def test_a_locked_base_with_augmentation_validates_on_features_computed_once(colour_data_session):
+    import math
+
+    from core.train import compile_model
+
+    data = colour_data_session
+    rec = Recorder()
+    cfg = learner_config(augment="default", epochs=4)
+    r = train(cfg, data, listeners=[rec])
+    assert r.path == "full" and r.status == "completed" and len(r.history) == 4
+    features = [b for b in rec.batches if b.phase == "features"]
+    # one pass, over the validation images only, before the first epoch
+    assert [b.batch for b in features] == list(range(1, math.ceil(len(data.validation) / cfg.batch_size) + 1))
+    assert rec.batches.index(features[-1]) == len(features) - 1
+    assert len({h["val_loss"] for h in r.history}) == 4  # each epoch validated anew
+    # the restored best epoch's validation is Keras' own validation of the whole model
+    x_val = load_arrays(data.validation.paths, cfg.image_size).astype(np.float32)
+    compile_model(r.model, cfg)
+    scores = r.model.evaluate(x_val, data.validation.labels, batch_size=cfg.batch_size, verbose=0, return_dict=True)
+    best = r.history[r.best_epoch - 1]
+    assert scores["loss"] == pytest.approx(best["val_loss"], rel=1e-4, abs=1e-5)
+    assert scores["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
 
 
 def test_unlocked_layers_train_the_base_too(colour_data_session):

@@ -461,9 +461,16 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
     for listener in listeners:
         listener.on_train_begin(plan)
 
-    t = time.perf_counter()
-    x_train, x_val = decoded(built.image_size)
-    timings["decode_s"] = time.perf_counter() - t  # what decoding added after the build
+    timings["decode_s"] = 0.0  # what waiting for the decoded images added (none: features from the cache)
+    got: list = []
+
+    def images():
+        if not got:
+            t = time.perf_counter()
+            got.extend(decoded(built.image_size))
+            timings["decode_s"] = time.perf_counter() - t
+        return got
+
     y_train, y_val = data.train.labels, data.validation.labels
 
     recorder = _Recorder(run_id, config, listeners, stop, built.model, total_epochs=n, history=before)
@@ -479,9 +486,11 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
             path = _path_of(built, config)
             if path == "features":
                 if features is None:
-                    t = time.perf_counter()
-                    features = _cached_features(built, config, data, x_train, x_val, recorder)
-                    timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - t
+                    t, waited = time.perf_counter(), timings["decode_s"]
+                    features = _cached_features(built, config, data, images, recorder)
+                    # the base's pass, without the wait for decoding (decode_s)
+                    timings["features_s"] = (timings.get("features_s", 0.0) + time.perf_counter() - t
+                                             - (timings["decode_s"] - waited))
                 fit_model = _head_model(built)
             else:
                 fit_model = built.model
@@ -503,6 +512,7 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
             recorder.start_phase(ph.name, ph.lr, fit_model.weights)
             score_x = f_train
         else:
+            x_train, x_val = images()
             fit_x, fit_y = _pipeline(x_train, y_train, config), None
             fit_val = (x_val.astype(np.float32), y_val)
             fit_kwargs = dict(shuffle=False)  # the pipeline shuffles itself
@@ -649,13 +659,18 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
             listener.on_train_begin(plan)
         recorders.append(_Recorder(rid, c, ls, stop, b.model, total_epochs=c.epochs))
 
-    t = time.perf_counter()
-    x_train, x_val = decoded(builts[0].image_size)
-    timings["decode_s"] = time.perf_counter() - t
+    timings["decode_s"] = 0.0
+
+    def images():
+        t = time.perf_counter()
+        arrays = decoded(builts[0].image_size)
+        timings["decode_s"] = time.perf_counter() - t
+        return arrays
+
     y_train, y_val = data.train.labels, data.validation.labels
     t = time.perf_counter()
-    f_train, f_val = _cached_features(builts[0], first, data, x_train, x_val, _Fanout(recorders, stop))
-    timings["features_s"] = time.perf_counter() - t
+    f_train, f_val = _cached_features(builts[0], first, data, images, _Fanout(recorders, stop))
+    timings["features_s"] = time.perf_counter() - t - timings["decode_s"]
     timings["fit_s"] = 0.0
     ran = False
     if f_train is not None and not stop.is_set():
@@ -1002,8 +1017,11 @@ def features_key(built, config: ExperimentConfig, data: DataSplits) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
-def _cached_features(built, config, data, x_train, x_val, recorder):
+def _cached_features(built, config, data, images, recorder):
     """Pooled (or flattened) base features for both splits, from disk when computed before.
+
+    ``images()`` gives the decoded (x_train, x_val): asked only on a cache miss, after the
+    base is traced (which happens while the images are still decoding).
 
     Written straight into ``.npy`` files (``np.lib.format.open_memmap``), float16 when large;
     read back whole, or as a memmap when larger than :data:`MEMMAP_BYTES`. Returns
@@ -1020,8 +1038,11 @@ def _cached_features(built, config, data, x_train, x_val, recorder):
     tmp = folder.parent / f"{key}.tmp-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        total = len(x_train) + len(x_val)
-        if not _compute_features(built, {"train": x_train, "val": x_val}, config.batch_size, recorder, tmp, total):
+        total = len(data.train) + len(data.validation)
+        extractor = _extractor(built, config.batch_size, total)  # traced while decoding goes on
+        x_train, x_val = images()
+        if not _compute_features(built, {"train": x_train, "val": x_val}, config.batch_size, recorder, tmp, total,
+                                 extractor=extractor):
             return None, None
         (tmp / "done").write_text("ok")
         shutil.rmtree(folder, ignore_errors=True)  # a damaged earlier attempt
@@ -1043,15 +1064,24 @@ def _load_features(folder: Path):
     return tuple(out)
 
 
+def _extractor(built, batch_size: int, total: int):
+    """The model up to the head's first layer (pooling or Flatten), traced for the batch
+    shape :func:`_compute_features` streams."""
+    import keras
+
+    extractor = keras.Model(built.model.inputs, built.head_layers[0].output)
+    bs = max(1, min(int(batch_size), total))
+    extractor.predict_on_batch(np.zeros((bs,) + tuple(built.model.inputs[0].shape[1:]), np.float32))
+    return extractor
+
+
 def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Path, total: int,
-                      float16: bool = True) -> bool:
+                      float16: bool = True, extractor=None) -> bool:
     """One pass of the base over every split, as one stream of equal batches (the last one
     padded): the base is traced once, not once per batch shape (each trace of a large base
     costs about as much as a few batches). ``float16``: large features (over
     :data:`FLOAT16_BYTES`) are kept as float16."""
-    import keras
-
-    extractor = keras.Model(built.model.inputs, built.head_layers[0].output)
+    extractor = extractor or _extractor(built, batch_size, total)
     bs = max(1, min(int(batch_size), total))
     batches = max(1, -(-total // bs))
     dim = tuple(int(d) for d in built.head_layers[0].output.shape[1:])

@@ -62,6 +62,7 @@ def test_a_second_run_reuses_the_cached_features(colour_data_session):
     rec = Recorder()
     r = train(cfg, colour_data_session, listeners=[rec])
     assert not [b for b in rec.batches if b.phase == "features"]
+    assert r.timings["decode_s"] == 0.0  # the features were all it needed: no wait for decoded images
     assert len(r.history) == 1  # (hit, miss and invalidation: tests/test_feature_cache.py)
 
 

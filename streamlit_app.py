@@ -30,13 +30,37 @@ def pages() -> list:
     ]
 
 
+SESSION_FIELDS = ("data_source", "data_path", "data_zip_name")
+
+
+def restore(ws: Workspace) -> None:
+    """The settings and dataset this workspace had (a browser refresh loses nothing), or defaults."""
+    saved = ws.load_session()
+    config, data, fields = saved if saved else (ExperimentConfig(), None, {})
+    st.session_state.config = config
+    if data is not None and fields.get("data_path"):
+        st.session_state.data = data
+        for key in SESSION_FIELDS:
+            st.session_state[key] = fields.get(key)
+        st.session_state.data_key = (fields["data_path"], config.val_split, config.test_split, config.seed)
+
+
+def keep(ws: Workspace) -> None:
+    """Save the experiment into the workspace when this run changed it."""
+    text = ws.session_text(st.session_state.config, st.session_state.get("data"),
+                           **{key: st.session_state.get(key) for key in SESSION_FIELDS})
+    if st.session_state.get("session_saved") != (ws.id, text):
+        ws.save_session(text)
+        st.session_state.session_saved = (ws.id, text)
+
+
 def main() -> None:
     st.set_page_config(page_title="Transfer Lab", page_icon=str(ICON), layout="wide")
 
-    if "config" not in st.session_state:
-        st.session_state.config = ExperimentConfig()
     if "workspace" not in st.session_state:
         st.session_state.workspace = Workspace.open(st.query_params.get("ws"))
+    if "config" not in st.session_state:  # a new session, or a refresh: the workspace's experiment, if any
+        restore(st.session_state.workspace)
     if st.query_params.get("ws") != st.session_state.workspace.id:  # page switches drop query params
         st.query_params["ws"] = st.session_state.workspace.id
     if "run" not in st.session_state:  # a refresh: reattach to the workspace's last run (the run store)
@@ -47,6 +71,8 @@ def main() -> None:
     # Filled after the page ran, so it shows what the page just changed.
     summary = st.sidebar.container()
     page.run()
+
+    keep(st.session_state.workspace)
 
     with summary:
         st.markdown("#### Your experiment")

@@ -101,6 +101,15 @@ TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
 
 
+def base_label(config) -> str:
+    """How the pages name a config's base: "MobileNetV2, alpha 0.35, 160 px"."""
+    spec = BASES.get(config.base)
+    if spec is None:
+        return f"{config.base}, {config.image_size} px"
+    alpha = f", alpha {config.alpha:g}" if spec.alphas else ""
+    return f"{spec.label}{alpha}, {config.resolved_image_size()} px"
+
+
 def preprocessing_layer(mode: str):
     """The base's ``preprocess_input`` as a built-in Keras layer (reloads safely, no Lambda).
 

@@ -684,13 +684,9 @@ def experiment_lines(config: ExperimentConfig | None, data=None, data_source: st
     else:
         out.append(("Dataset", "not chosen yet"))
     if config is not None:
-        from core.bases import BASES
+        from core.bases import base_label
 
-        spec = BASES.get(config.base)
-        label = spec.label if spec else config.base
-        alpha = f", alpha {config.alpha:g}" if spec and spec.alphas else ""
-        out.append(("Base", f"{label}{alpha}, {config.resolved_image_size() if spec else config.image_size} px, "
-                            f"weights {config.weights_label()}"))
+        out.append(("Base", f"{base_label(config)}, weights {config.weights_label()}"))
         locks = {"all": "all base layers locked", "none": "no layer locked (fine-tune all)"}
         lock = locks.get(config.freeze) or (f"locked up to {config.freeze[6:]}" if config.freeze.startswith("up-to:")
                                             else f"all but the top {config.freeze[4:]} layers locked")

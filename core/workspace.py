@@ -7,6 +7,8 @@ a workspace removes everything in it. No Streamlit here: pages call this.
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import secrets
 import shutil
@@ -16,6 +18,7 @@ from pathlib import Path
 from core.data import cache_dir
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+SESSION_FILE = "session.json"
 
 
 def new_id() -> str:
@@ -76,3 +79,38 @@ class Workspace:
     def delete(self) -> None:
         """Remove every upload, extracted dataset and run of this workspace."""
         shutil.rmtree(workspaces_root() / self.id, ignore_errors=True)
+
+    # -- the experiment in progress: what a browser refresh brings back ------------------------
+
+    def session_text(self, config, data=None, **fields) -> str:
+        """The experiment being set up (config, chosen dataset and its split, ``fields`` such as
+        the dataset's name and path) as the JSON :meth:`save_session` writes."""
+        from core.worker import data_spec
+
+        return json.dumps({"config": config.to_dict(), "data": data_spec(data) if data is not None else None,
+                           "fields": fields}, sort_keys=True)
+
+    def save_session(self, text: str) -> None:
+        """Keep :meth:`session_text` in the workspace (written whole: a crash leaves the last one)."""
+        tmp = self.root / f"{SESSION_FILE}.{secrets.token_hex(4)}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.root / SESSION_FILE)
+
+    def load_session(self):
+        """``(config, data, fields)`` as last saved, or None (none saved, or unreadable: the app
+        then starts afresh rather than fail). ``data`` is None when its files have gone."""
+        from core.config import ExperimentConfig
+        from core.worker import data_from_spec
+
+        f = workspaces_root() / self.id / SESSION_FILE
+        try:
+            saved = json.loads(f.read_text(encoding="utf-8"))
+            config = ExperimentConfig.from_dict(saved["config"])
+            data = data_from_spec(saved["data"]) if saved.get("data") else None
+            fields = dict(saved.get("fields") or {})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if data is not None and not all(Path(q).is_file() for part in (data.train, data.validation, data.test)
+                                        if part is not None for q in part.paths):
+            data = None  # moved or deleted since: choose the data again
+        return config, data, fields

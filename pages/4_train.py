@@ -4,6 +4,7 @@ from dataclasses import replace
 import streamlit as st
 
 from core import charts
+from core.bases import base_label
 from core.config import ConfigError
 from core.experiments import (RunBusy, busy_message, format_seconds, history_rows_frame, latest_handle,
                               launch_problems, open_store, reconcile, start_training)
@@ -54,7 +55,7 @@ cfg = replace(cfg, epochs=epochs, batch_size=int(batch), early_stopping=patience
               fine_tune_epochs=ft_epochs)
 st.session_state.config = cfg
 
-st.caption(f"{cfg.base}, {cfg.resolved_image_size()} px, weights **{cfg.weights_label()}**, lock {cfg.freeze}, "
+st.caption(f"{base_label(cfg)}, weights **{cfg.weights_label()}**, lock {cfg.freeze}, "
            f"head {cfg.pooling} → {cfg.dense or 'no hidden layer'} → dropout {cfg.dropout}, augment {cfg.augment}, "
            f"{cfg.optimizer} {cfg.lr:g}.")
 
@@ -135,7 +136,9 @@ if handle is not None and not handle.running:
             m[1].metric("Best epoch", result.best_epoch)
             last = result.history[-1]
             m[2].metric("Final train accuracy", f"{last['accuracy']:.1%}")
-            m[3].metric("Time", format_seconds(result.timings.get("total_s", p.elapsed())))
+            m[3].metric("Training time", format_seconds(result.timings.get("total_s", p.elapsed())),
+                        help=f"Building, decoding and fitting. Since Train was pressed: {format_seconds(p.elapsed())}, "
+                             "which includes starting the training process (loading TensorFlow).")
             with st.expander("History per epoch"):
                 st.dataframe(result.history_frame(), hide_index=True, width="stretch")
             st.page_link("pages/5_compare.py", label="Next: compare dropout rates →", icon=":material/compare_arrows:")

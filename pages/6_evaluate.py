@@ -7,6 +7,7 @@ import numpy as np
 import streamlit as st
 
 from core import charts
+from core.bases import base_label
 from core.evaluate import evaluate_model, export_model, export_zip, human_size
 from core.export import ModelFileError, load_model
 from core.gradcam import gradcam_or_reason, overlay
@@ -39,7 +40,7 @@ def run_source():
         return None
     if model is None:
         return None
-    what = f"{result.config.base}, weights **{result.config.weights_label()}**"
+    what = f"{base_label(result.config)}, weights **{result.config.weights_label()}**"
     if getattr(result, "best_val_accuracy", None) is not None:
         what += f", best validation accuracy {result.best_val_accuracy:.1%} (epoch {result.best_epoch})"
     return Source(f"run:{result.run_id}", f"Model of run {result.run_id}: {what}.", model, result.class_names,

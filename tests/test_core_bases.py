@@ -246,3 +246,11 @@ def test_a_keras_message_ending_in_a_colon_keeps_its_next_line():
     assert _first_line(ValueError("")) == "ValueError"
     long = _first_line(ValueError("x" * 400))
     assert len(long) == 300 and long.endswith("…")
+
+
+def test_pages_name_a_base_as_its_family_does():
+    from core.bases import base_label
+    from core.config import ExperimentConfig
+
+    assert base_label(ExperimentConfig(base="mobilenet_v2", alpha=0.35, image_size=160)) == "MobileNetV2, alpha 0.35, 160 px"
+    assert base_label(ExperimentConfig(base="inception_v3")) == "InceptionV3, 299 px"  # its default size, no alpha

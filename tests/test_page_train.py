@@ -42,7 +42,7 @@ def test_train_page_live_run_result_and_reattach(sample):
     assert not at.exception
     ok = texts(at.success)
     assert "Run **completed** after 2 epoch(s) with weights **none (from scratch)**" in ok
-    assert [m.label for m in at.metric] == ["Best val accuracy", "Best epoch", "Final train accuracy", "Time"]
+    assert [m.label for m in at.metric] == ["Best val accuracy", "Best epoch", "Final train accuracy", "Training time"]
     figs = _figures(at)
     assert len(figs) == 2
     loss = figs[0]["data"]

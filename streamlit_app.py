@@ -38,6 +38,8 @@ def restore(ws: Workspace) -> None:
     saved = ws.load_session()
     config, data, fields = saved if saved else (ExperimentConfig(), None, {})
     st.session_state.config = config
+    if config.weights not in ("imagenet", "none"):  # an uploaded (or given) weights file: the Base page shows it
+        st.session_state.weights_file = config.weights
     if data is not None and fields.get("data_path"):
         st.session_state.data = data
         for key in SESSION_FIELDS:

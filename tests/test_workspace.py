@@ -92,7 +92,7 @@ def test_a_refresh_brings_back_the_dataset_and_settings():
     folder = str(make_sample_dataset(per_class=6, size=32))
     data = load_dataset(folder)
     at = AppTest.from_file(app, default_timeout=60)
-    at.session_state.config = ExperimentConfig(dropout=0.35, dense=[48], image_size=32)
+    at.session_state.config = ExperimentConfig(dropout=0.35, dense=[48], image_size=32, weights="/tmp/my.weights.h5")
     for key, value in dict(data=data, data_source="built-in sample", data_path=folder, data_zip_name=None).items():
         at.session_state[key] = value
     at.run()
@@ -102,7 +102,9 @@ def test_a_refresh_brings_back_the_dataset_and_settings():
     again.query_params["ws"] = wid  # a refresh: a new session on the same address
     again.run()
     assert not again.exception
-    assert again.session_state.config == ExperimentConfig(dropout=0.35, dense=[48], image_size=32)
+    assert again.session_state.config == ExperimentConfig(dropout=0.35, dense=[48], image_size=32,
+                                                          weights="/tmp/my.weights.h5")
+    assert again.session_state.weights_file == "/tmp/my.weights.h5"  # the Base page names the file again
     assert again.session_state.data.train.paths == data.train.paths
     assert again.session_state.data_source == "built-in sample" and again.session_state.data_path == folder
     assert "built-in sample" in "\n".join(str(m.value) for m in again.sidebar.markdown)

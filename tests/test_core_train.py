@@ -284,3 +284,42 @@ def test_a_large_head_gets_fused_updates_with_the_plain_optimizers_losses(colour
         np.testing.assert_allclose([h[key] for h in fused.history], [h[key] for h in plain.history], rtol=1e-5)
     for a, b in zip(fused.model.weights, plain.model.weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_a_large_head_trained_with_the_base_in_the_step_gets_fused_updates_and_saves_plain(colour_data_session,
+                                                                                         monkeypatch, tmp_path):
+    import core.train as ct
+
+    # augmentation: the whole model (locked ResNet50 + Flatten -> Dense 1024) trains on images
+    cfg = learner_config(pooling="flatten", dense=[1024], epochs=2, augment="default", optimizer="rmsprop", lr=1e-4)
+    made, fused_vars = [], []
+    real = ct._fused_updates
+
+    def spy(cls):
+        made.append(cls.__name__)
+        fused_cls = real(cls)
+        plain_step = fused_cls.update_step
+
+        def update_step(self, gradient, variable, learning_rate):
+            if np.prod(variable.shape) >= ct.FUSED_VARIABLE_WEIGHTS:
+                fused_vars.append(tuple(variable.shape))
+            return plain_step(self, gradient, variable, learning_rate)
+
+        return type(fused_cls.__name__, (fused_cls,), {"update_step": update_step})
+
+    monkeypatch.setattr(ct, "_fused_updates", spy)
+    fused = train(cfg, colour_data_session, run_dir=tmp_path / "fused")
+    assert fused.path == "full" and made == ["RMSprop"]
+    assert set(fused_vars) == {(2048, 1024)}  # only the large kernel; its bias and the output layer stay plain
+    assert type(fused.model.optimizer).__name__ == "RMSprop"  # compiled plain again before saving
+    monkeypatch.setattr(ct, "FUSED_HEAD_WEIGHTS", 10**12)
+    plain = train(cfg, colour_data_session)
+    assert len(made) == 1
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([h[key] for h in fused.history], [h[key] for h in plain.history], rtol=1e-5)
+    x_val = load_arrays(colour_data_session.validation.paths, 32).astype(np.float32)
+    import keras
+
+    reloaded = keras.saving.load_model(tmp_path / "fused" / "model.keras")  # compiled, as a user would load it
+    assert type(reloaded.optimizer).__name__ == "RMSprop"
+    np.testing.assert_allclose(reloaded.predict(x_val, verbose=0), fused.model.predict(x_val, verbose=0), atol=1e-5)

@@ -38,6 +38,11 @@ def restore(ws: Workspace) -> None:
     saved = ws.load_session()
     config, data, fields = saved if saved else (ExperimentConfig(), None, {})
     st.session_state.config = config
+    reset = fields.get("reset") or []
+    if reset:  # the saved file was edited, or written by another version: say what did not come back
+        st.session_state.restore_notice = (
+            "The saved settings could not be used: every setting is back at its default." if reset == ["all"] else
+            f"Saved settings that could not be used are back at their defaults: {', '.join(reset)}.")
     if config.weights not in ("imagenet", "none"):  # an uploaded (or given) weights file: the Base page shows it
         st.session_state.weights_file = config.weights
     if data is not None and fields.get("data_path"):
@@ -72,9 +77,12 @@ def main() -> None:
 
     # Filled after the page ran, so it shows what the page just changed.
     summary = st.sidebar.container()
-    page.run()
-
-    keep(st.session_state.workspace)
+    if st.session_state.get("restore_notice"):
+        st.toast(st.session_state.pop("restore_notice"), icon=":material/restart_alt:")
+    try:
+        page.run()
+    finally:  # also when the run is cut short (a click, a closed tab): what it changed so far is kept
+        keep(st.session_state.workspace)
 
     with summary:
         st.markdown("#### Your experiment")

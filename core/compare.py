@@ -28,7 +28,8 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
-from core.config import AUGMENTS, ConfigError, ExperimentConfig
+from core.bases import base_label
+from core.config import AUGMENTS, POOLING_LABELS, ConfigError, ExperimentConfig
 
 DEFAULT_RATES = (0.0, 0.2, 0.5, 0.8)
 PLACEMENTS = ("each", "output")  # dropout after each hidden dense layer, or before the output only
@@ -186,12 +187,12 @@ class ComparePlan:
     def fixed_text(self) -> str:
         """Everything held fixed, in words."""
         c = self.config
-        parts = [f"base {c.base}" + (f" α {c.alpha:g}" if c.alpha != 1.0 else "") + f" at {c.resolved_image_size()} px"]
+        parts = [f"base {base_label(c)}"]
         if self.setting != "weights":
             parts.append(f"weights {c.weights_label()}")
         if self.setting != "freeze":
             parts.append(f"lock {c.freeze}" + (f", cut at {c.cut}" if c.cut else ""))
-        head = f"head {c.pooling} → " + (" → ".join(f"Dense {u}" for u in c.dense) if c.dense else "no hidden layer")
+        head = f"head {POOLING_LABELS.get(c.pooling, c.pooling)} → " + (" → ".join(f"Dense {u}" for u in c.dense) if c.dense else "no hidden layer")
         if self.setting != "dropout":
             head += " with dropout " + "/".join(f"{r:g}" for r in c.dropout_rates())
         parts.append(head)

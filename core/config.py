@@ -6,10 +6,11 @@ and the command line can read, check and write configs without TensorFlow.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 POOLINGS = ("gap", "flatten")
+POOLING_LABELS = {"gap": "GAP", "flatten": "Flatten"}  # how the pages and notes name them
 AUGMENTS = ("none", "default")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 MONITORS = ("val_loss", "val_accuracy")  # what picks the best epoch (kept weights) and early stopping
@@ -173,6 +174,22 @@ class ExperimentConfig:
         if not isinstance(self.score_train, bool):
             bad("score_train", "true or false", self.score_train)
         return out
+
+    def mended(self) -> tuple["ExperimentConfig", list[str]]:
+        """This config with each setting that fails its check back at its default, and the names
+        of those settings (all of them: ``["all"]`` when the problems name no setting)."""
+        names = {f.name for f in fields(self)}
+        default = type(self)()
+        config, reset = self, []
+        for _ in range(3):  # a reset base can make its alpha or image size invalid: check again
+            bad = sorted({p.split(":", 1)[0] for p in config.problems()})
+            if not bad:
+                return config, sorted(reset)
+            if not set(bad) <= names:
+                break
+            config = replace(config, **{name: getattr(default, name) for name in bad})
+            reset += [name for name in bad if name not in reset]
+        return default, ["all"]
 
     def validate(self) -> "ExperimentConfig":
         problems = self.problems()

@@ -51,6 +51,7 @@ import numpy as np
 from core.config import ConfigError, ExperimentConfig
 from core.data import DataError, DataSplits, cache_dir, load_arrays
 from core.freeze import BATCHNORM_TYPES
+from core.runstore import new_run_id
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "phase", "lr"]
 PHASES = ("head", "train", "fine-tune")  # "features" in batch events: computing base features
@@ -330,13 +331,15 @@ def train(
     run_dir: str | Path | None = None,
     base=None,
     strategy=None,
+    run_id: str | None = None,
 ) -> RunResult:
     """Train ``config`` on ``data``; save into ``run_dir`` if given. Returns a RunResult.
 
     ``strategy``: a ``tf.distribute`` strategy (default: :func:`make_strategy` ``("auto")``).
+    ``run_id``: the run's id in ``run.json`` (the run store's, for runs it keeps; default: a new one).
     """
     config.validate()
-    return _execute(config, data, listeners, stop, run_dir, base=base, strategy=strategy)
+    return _execute(config, data, listeners, stop, run_dir, base=base, strategy=strategy, run_id=run_id)
 
 
 def continue_run(
@@ -424,7 +427,8 @@ class _Resume:
     phases: list[dict]
 
 
-def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, phases=None, resume=None) -> RunResult:
+def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, phases=None, resume=None,
+             run_id=None) -> RunResult:
     import keras
 
     from core.freeze import param_counts
@@ -456,7 +460,7 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
         if config.fine_tunes():
             phases.append(_Phase("fine-tune", config.fine_tune_epochs, config.resolved_fine_tune_lr(), config.fine_tune_layers))
     before = list(resume.history) if resume else []
-    run_id = resume.run_id if resume else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run_id = resume.run_id if resume else (run_id or new_run_id())
     first_path = _path_of(built, config) if not phases[0].unlock_top else "full"
     params = param_counts(built.model)
     plan_phases, n = [], len(before)
@@ -621,7 +625,7 @@ def together_groups(configs: list[ExperimentConfig]) -> list[list[int]]:
 
 
 def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=None, stop: StopFlag | None = None,
-                   run_dirs=None, strategy=None) -> list[RunResult]:
+                   run_dirs=None, strategy=None, run_ids=None) -> list[RunResult]:
     """Train configs that differ only in their dropout at once, when each would train just its
     head on the same cached base features: the features are computed once, and one ``fit``
     trains every head side by side (separate losses, so separate gradients: each head learns as
@@ -638,11 +642,13 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
     n = len(configs)
     listeners = list(listeners) if listeners is not None else [[] for _ in configs]
     run_dirs = list(run_dirs) if run_dirs is not None else [None] * n
+    run_ids = list(run_ids) if run_ids is not None else [new_run_id() for _ in configs]
     for c in configs:
         c.validate()
 
     def one_by_one():
-        return [train(c, data, ls, stop, d, strategy=strategy) for c, ls, d in zip(configs, listeners, run_dirs)]
+        return [train(c, data, ls, stop, d, strategy=strategy, run_id=rid)
+                for c, ls, d, rid in zip(configs, listeners, run_dirs, run_ids)]
 
     if n < 2 or len({together_key(c) for c in configs}) != 1 or together_key(configs[0]) is None:
         return one_by_one()
@@ -661,7 +667,6 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
     timings["build_s"] = time.perf_counter() - t0
     if not all(b.base_frozen for b in builts):
         return one_by_one()
-    run_ids = [time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6] for _ in configs]
     recorders = []
     for rid, c, b, ls in zip(run_ids, configs, builts, listeners):
         phases = [{"phase": "head", "epochs": c.epochs, "lr": c.lr, "first_epoch": 1, "last_epoch": c.epochs,

@@ -240,7 +240,8 @@ def run_job(store_path: str, job: dict) -> None:
                                         listeners=[listeners[0]], stop=stop)]
             else:
                 results = train_together([configs[i] for i in group], data, listeners=[[x] for x in listeners],
-                                         stop=stop, run_dirs=[r["run_dir"] for r in members])
+                                         stop=stop, run_dirs=[r["run_dir"] for r in members],
+                                         run_ids=[r["id"] for r in members])  # run.json names the run as the store does
         except Exception as e:
             failed = f"an earlier run failed ({error_text(e)[:200]})"
             for r in members:

@@ -87,8 +87,13 @@ class Workspace:
         the dataset's name and path) as the JSON :meth:`save_session` writes."""
         from core.worker import data_spec
 
+        report = None
+        if data is not None:  # what the Data page reports besides the split: skipped files, formats and sizes
+            report = {"skipped": [[s.path, s.reason, s.label] for s in data.skipped], "notes": list(data.notes),
+                      "warnings": list(data.warnings), "test_from": data.test_from, "origins": dict(data.origins),
+                      "file_info": {p: list(v) for p, v in data.file_info.items()}}
         return json.dumps({"config": config.to_dict(), "data": data_spec(data) if data is not None else None,
-                           "fields": fields}, sort_keys=True)
+                           "report": report, "fields": fields}, sort_keys=True)
 
     def save_session(self, text: str) -> None:
         """Keep :meth:`session_text` in the workspace (written whole: a crash leaves the last one)."""
@@ -98,18 +103,28 @@ class Workspace:
 
     def load_session(self):
         """``(config, data, fields)`` as last saved, or None (none saved, or unreadable: the app
-        then starts afresh rather than fail). ``data`` is None when its files have gone."""
+        then starts afresh rather than fail). ``data`` is None when its files have gone. A saved
+        setting that fails its check (a file edited by hand, or written by another version) is
+        back at its default, named in ``fields["reset"]``."""
         from core.config import ExperimentConfig
+        from core.data import Skipped
         from core.worker import data_from_spec
 
         f = workspaces_root() / self.id / SESSION_FILE
         try:
             saved = json.loads(f.read_text(encoding="utf-8"))
-            config = ExperimentConfig.from_dict(saved["config"])
+            config, reset = ExperimentConfig.from_dict(saved["config"]).mended()
             data = data_from_spec(saved["data"]) if saved.get("data") else None
             fields = dict(saved.get("fields") or {})
+            report = saved.get("report") or {}
+            if data is not None and report:
+                data.skipped = [Skipped(*row) for row in report.get("skipped", [])]
+                data.notes, data.warnings = list(report.get("notes", [])), list(report.get("warnings", []))
+                data.test_from, data.origins = str(report.get("test_from", "")), dict(report.get("origins", {}))
+                data.file_info = {p: tuple(v) for p, v in report.get("file_info", {}).items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+        fields["reset"] = reset
         if data is not None and not all(Path(q).is_file() for part in (data.train, data.validation, data.test)
                                         if part is not None for q in part.paths):
             data = None  # moved or deleted since: choose the data again

@@ -2,6 +2,7 @@
 
 MobileNet alpha 0.25 at 32 px, weights none, 2 epochs (helpers from test_pages)."""
 import json
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -51,6 +52,11 @@ def test_train_page_live_run_result_and_reattach(sample):
     assert "learning rate **0.0001**" in texts(at.markdown)
     result = at.session_state.run.result
     assert len(result.history) == 2 and result.history[0]["phase"] == "train"
+    from core.runstore import RunStore
+
+    rec = RunStore(ws.store_path).get(run.run_ids[0], history=False)
+    run_json = json.loads((Path(rec.run_dir) / "run.json").read_text())
+    assert run_json["run_id"] == result.run_id == rec.id  # run.json names the run as the Runs view does
     from core.experiments import experiment_lines
 
     last = dict(experiment_lines(at.session_state.config, sample, None, at.session_state.run))["Last run"]

@@ -201,7 +201,7 @@ def test_compare_page_table_and_bad_rates(sample):
     at.run()
     at.switch_page("pages/5_compare.py").run()
     assert at.text_input(key="w_rates").value == "0, 0.2, 0.5, 0.8"
-    assert "Held fixed: base mobilenet" in texts(at.caption) and "4 run(s)" in texts(at.caption)
+    assert "Held fixed: base MobileNet, alpha 0.25" in texts(at.caption) and "4 run(s)" in texts(at.caption)
     at.text_input(key="w_rates").set_value("0, 1.0, -0.1").run()
     assert not at.exception
     errors = texts(at.error)

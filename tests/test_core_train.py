@@ -291,7 +291,7 @@ def test_a_large_head_trained_with_the_base_in_the_step_gets_fused_updates_and_s
     import core.train as ct
 
     # augmentation: the whole model (locked ResNet50 + Flatten -> Dense 1024) trains on images
-    cfg = learner_config(pooling="flatten", dense=[1024], epochs=2, augment="default", optimizer="rmsprop", lr=1e-4)
+    cfg = learner_config(pooling="flatten", dense=[1024], epochs=1, augment="default", optimizer="rmsprop", lr=1e-4)
     made, fused_vars = [], []
     real = ct._fused_updates
 

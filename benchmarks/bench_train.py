@@ -94,23 +94,19 @@ def calibrated_weights(data, size: int, alpha: float, folder: Path, seed: int = 
     import keras
     import numpy as np
 
-    from core.bases import build_base, get_spec, preprocessing_layer
+    from core.config import ExperimentConfig
     from core.data import load_arrays
-    from core.train import BATCHNORM_TYPES
+    from core.model import build_model
+    from core.train import recalibrate_batchnorm
 
     keras.utils.set_random_seed(seed)
-    base = build_base("mobilenet", size, alpha, "none")
-    base.trainable = True  # a locked BatchNorm layer would run in inference mode
-    norms = [layer for layer in base.layers if type(layer).__name__ in BATCHNORM_TYPES]
-    prep = preprocessing_layer(get_spec("mobilenet").preprocess)
+    # unlocked, so that recalibrate_batchnorm measures every BatchNorm layer
+    config = ExperimentConfig(base="mobilenet", alpha=alpha, image_size=size, weights="none", freeze="none")
+    built = build_model(config, len(data.class_names))
     paths = list(np.random.default_rng(seed).permutation(data.train.paths)[:256])
-    x = load_arrays(paths, size).astype(np.float32)
-    for k, start in enumerate(range(0, len(x), 32)):
-        for layer in norms:
-            layer.momentum = k / (k + 1)  # a running mean of the batch statistics
-        base(prep(x[start:start + 32]), training=True)
+    recalibrate_batchnorm(built, load_arrays(paths, size), batch_size=32, limit=256)
     path = folder / f"mobilenet_{alpha}_{size}_calibrated.weights.h5"
-    base.save_weights(path)
+    built.base.save_weights(path)
     return str(path)
 
 

@@ -1083,14 +1083,34 @@ def _load_features(folder: Path):
 
 
 def _extractor(built, batch_size: int, total: int):
-    """The model up to the head's first layer (pooling or Flatten), traced for the batch
-    shape :func:`_compute_features` streams."""
+    """The model up to the head's first layer (pooling or Flatten) as ``f(batch) -> features``,
+    traced for the one batch shape :func:`_compute_features` streams.
+
+    One replica: a concrete ``tf.function`` of the model's inference call, traced without
+    running it (0.4 s for MobileNetV2, against 1.0 s for Keras' predict function traced by
+    predicting a batch of zeros), for batches of decoded 8-bit images, cast to float inside
+    (a quarter of the bytes to copy into TensorFlow); other dtypes are traced when first seen.
+    Several replicas (``MirroredStrategy``): Keras' predict, which spreads each batch over them."""
     import keras
+    import tensorflow as tf
 
     extractor = keras.Model(built.model.inputs, built.head_layers[0].output)
     bs = max(1, min(int(batch_size), total))
-    extractor.predict_on_batch(np.zeros((bs,) + tuple(built.model.inputs[0].shape[1:]), np.float32))
-    return extractor
+    shape = (bs,) + tuple(built.model.inputs[0].shape[1:])
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        extractor.predict_on_batch(np.zeros(shape, np.float32))
+        return lambda x: np.asarray(extractor.predict_on_batch(np.asarray(x, np.float32)))
+    infer = tf.function(lambda x: extractor([tf.cast(x, tf.float32)], training=False), autograph=False)
+    traced = {}
+
+    def features(x: np.ndarray) -> np.ndarray:
+        key = np.dtype(x.dtype).name
+        if key not in traced:
+            traced[key] = infer.get_concrete_function(tf.TensorSpec(shape, tf.as_dtype(x.dtype)))
+        return traced[key](tf.constant(x)).numpy()
+
+    traced["uint8"] = infer.get_concrete_function(tf.TensorSpec(shape, tf.uint8))  # decoded images
+    return features
 
 
 def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Path, total: int,
@@ -1107,21 +1127,24 @@ def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Pa
     outs = {split: np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", shape=(len(x),) + dim,
                                              dtype=np.float16 if big else np.float32)
             for split, x in splits.items()}
-    # where each image of the stream goes: (split, row)
-    where = [(split, i) for split, x in splits.items() for i in range(len(x))]
+    # the stream is the splits one after another: split k holds stream rows starts[k]:starts[k + 1]
+    names = list(splits)
+    starts = np.cumsum([0] + [len(splits[name]) for name in names])
+    first = splits[names[0]]
+    chunk = np.zeros((bs,) + first.shape[1:], first.dtype)
     for b in range(batches):
         if recorder.stop.is_set():
             outs.clear()
             return False
-        part = where[b * bs:(b + 1) * bs]
-        chunk = np.zeros((bs,) + splits[part[0][0]].shape[1:], np.float32)
-        for k, (split, i) in enumerate(part):
-            chunk[k] = splits[split][i]
-        f = np.asarray(extractor.predict_on_batch(chunk))
-        for split in splits:
-            rows = [(k, i) for k, (sp, i) in enumerate(part) if sp == split]
-            if rows:
-                outs[split][rows[0][1]:rows[-1][1] + 1] = f[rows[0][0]:rows[-1][0] + 1]
+        lo, hi = b * bs, min((b + 1) * bs, total)
+        pieces = [(name, max(lo, starts[k]) - starts[k], min(hi, starts[k + 1]) - starts[k], max(lo, starts[k]) - lo)
+                  for k, name in enumerate(names) if max(lo, starts[k]) < min(hi, starts[k + 1])]
+        for name, i, j, at in pieces:  # (split, its rows i:j, at this row of the chunk)
+            chunk[at:at + j - i] = splits[name][i:j]
+        chunk[hi - lo:] = 0
+        f = extractor(chunk)
+        for name, i, j, at in pieces:
+            outs[name][i:j] = f[at:at + j - i]
         recorder.batch("features", 0, b + 1, batches, {})
     for out in outs.values():
         out.flush()

@@ -126,3 +126,30 @@ def test_large_features_are_float16_on_disk_and_read_as_a_memmap(colour_data_ses
     assert np.load(folder / "train.npy", mmap_mode="r").dtype == np.float16
     assert seen == [np.memmap] and len(r.history) == 3
     assert r.history[-1]["loss"] < r.history[0]["loss"]
+
+
+def test_the_feature_stream_gives_each_split_its_own_images_features(colour_data_session, tmp_path):
+    """Splits streamed as one run of equal batches (a batch holding the end of one split and the
+    start of the next, a padded last batch, an empty split, 8-bit and float images) give every
+    image the features the base gives it alone."""
+    import keras
+
+    from core.train import StopFlag, _compute_features, _Recorder
+    from tests.conftest import learner_config
+
+    cfg = learner_config(pooling="flatten", batch_size=4)
+    built = build_model(cfg, 3)
+    x = load_arrays(colour_data_session.train.paths[:12], 32)
+    splits = {"train": x[:7], "none": x[:0], "val": x[7:12]}
+    recorder = _Recorder("r", cfg, [], StopFlag(), built.model, total_epochs=1)
+    assert _compute_features(built, splits, 4, recorder, tmp_path, 12, float16=False)
+    alone = keras.Model(built.model.inputs, built.head_layers[0].output)
+    want = np.concatenate([np.asarray(alone(x[i:i + 1].astype(np.float32), training=False)) for i in range(12)])
+    got = np.concatenate([np.load(tmp_path / f"{name}.npy") for name in splits])
+    assert got.shape == (12, 2048) and np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # float images (as a caller may pass) go through a trace of their own, to the same features
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    assert _compute_features(built, {"val": x[7:12].astype(np.float32)}, 4, recorder, floats, 5, float16=False)
+    np.testing.assert_allclose(np.load(floats / "val.npy"), want[7:], rtol=1e-4, atol=1e-5)

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from core.bases import base_label
-from core.config import AUGMENTS, POOLING_LABELS, ConfigError, ExperimentConfig
+from core.config import AUGMENTS, ConfigError, ExperimentConfig
 
 DEFAULT_RATES = (0.0, 0.2, 0.5, 0.8)
 PLACEMENTS = ("each", "output")  # dropout after each hidden dense layer, or before the output only
@@ -192,7 +192,7 @@ class ComparePlan:
             parts.append(f"weights {c.weights_label()}")
         if self.setting != "freeze":
             parts.append(f"lock {c.freeze}" + (f", cut at {c.cut}" if c.cut else ""))
-        head = f"head {POOLING_LABELS.get(c.pooling, c.pooling)} → " + (" → ".join(f"Dense {u}" for u in c.dense) if c.dense else "no hidden layer")
+        head = f"head {c.pooling_label()} → " + (" → ".join(f"Dense {u}" for u in c.dense) if c.dense else "no hidden layer")
         if self.setting != "dropout":
             head += " with dropout " + "/".join(f"{r:g}" for r in c.dropout_rates())
         parts.append(head)

@@ -84,6 +84,10 @@ class ExperimentConfig:
             return [float(r) for r in self.dropout]
         return [float(self.dropout)] * n
 
+    def pooling_label(self) -> str:
+        """The pooling as the pages and notes name it (GAP, Flatten)."""
+        return POOLING_LABELS.get(self.pooling, self.pooling)
+
     def weights_label(self) -> str:
         if self.weights == "none":
             return "none (from scratch)"

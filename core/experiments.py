@@ -29,7 +29,7 @@ from pathlib import Path
 
 from core.baseinfo import release as release_base_facts
 from core.compare import DEFAULT_RATES, CompareResult, ComparePlan, parse_rates, plan_comparison  # noqa: F401
-from core.config import POOLING_LABELS, ConfigError, ExperimentConfig
+from core.config import ConfigError, ExperimentConfig
 from core.data import cache_dir
 from core.runstore import ACTIVE, RunRecord, RunStore, new_run_id, pid_alive
 
@@ -695,7 +695,7 @@ def experiment_lines(config: ExperimentConfig | None, data=None, data_source: st
         out.append(("Layers", lock))
         dense = " → ".join(str(u) for u in config.dense) or "no hidden layer"
         rates = ", ".join(f"{r:g}" for r in config.dropout_rates()) if _rates_ok(config) else str(config.dropout)
-        out.append(("Head", f"{POOLING_LABELS.get(config.pooling, config.pooling)}, dense {dense}, dropout {rates}, augment {config.augment}, "
+        out.append(("Head", f"{config.pooling_label()}, dense {dense}, dropout {rates}, augment {config.augment}, "
                             f"{config.optimizer} {config.lr:g}"))
     if run is not None:
         p = run.snapshot() if hasattr(run, "snapshot") else None

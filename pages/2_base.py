@@ -8,7 +8,7 @@ import hashlib
 
 from core.baseinfo import base_facts
 from core.bases import BASES, cut_choices, get_spec
-from core.config import POOLING_LABELS, ConfigError
+from core.config import ConfigError
 from core.freeze import (FreezeSpec, filter_rows, layer_rows, lock_param_counts, lockable_names,
                          unlocked_batchnorm)
 from core.head import head_plan, mib
@@ -205,7 +205,7 @@ if rows is not None:
 
     if len(counts["feature_shape"]) == 3:
         plan = head_plan(counts["feature_shape"], new, num_classes)
-        what = (f"Head on this map ({POOLING_LABELS.get(new.pooling, new.pooling)} of {plan['inputs']:,} values → "
+        what = (f"Head on this map ({new.pooling_label()} of {plan['inputs']:,} values → "
                 f"{' → '.join(str(u) for u in list(new.dense) + [num_classes])}): {plan['params']:,} weights, "
                 f"{mib(plan['weights_bytes'])} as float32, {mib(plan['training_bytes'])} while training with "
                 f"{new.optimizer} ({plan['optimizer_slots']} slot{'s' if plan['optimizer_slots'] > 1 else ''} per weight)")

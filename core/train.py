@@ -1103,14 +1103,14 @@ def _extractor(built, batch_size: int, total: int):
     infer = tf.function(lambda x: extractor([tf.cast(x, tf.float32)], training=False), autograph=False)
     traced = {}
 
-    def features(x: np.ndarray) -> np.ndarray:
-        key = np.dtype(x.dtype).name
-        if key not in traced:
-            traced[key] = infer.get_concrete_function(tf.TensorSpec(shape, tf.as_dtype(x.dtype)))
-        return traced[key](tf.constant(x)).numpy()
+    def concrete(dtype):
+        dtype = np.dtype(dtype)
+        if dtype not in traced:
+            traced[dtype] = infer.get_concrete_function(tf.TensorSpec(shape, tf.as_dtype(dtype)))
+        return traced[dtype]
 
-    traced["uint8"] = infer.get_concrete_function(tf.TensorSpec(shape, tf.uint8))  # decoded images
-    return features
+    concrete(np.uint8)  # decoded images: traced now, while they are still decoding
+    return lambda x: concrete(x.dtype)(tf.constant(x)).numpy()
 
 
 def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Path, total: int,
@@ -1137,9 +1137,12 @@ def _compute_features(built, splits: dict, batch_size: int, recorder, folder: Pa
             outs.clear()
             return False
         lo, hi = b * bs, min((b + 1) * bs, total)
-        pieces = [(name, max(lo, starts[k]) - starts[k], min(hi, starts[k + 1]) - starts[k], max(lo, starts[k]) - lo)
-                  for k, name in enumerate(names) if max(lo, starts[k]) < min(hi, starts[k + 1])]
-        for name, i, j, at in pieces:  # (split, its rows i:j, at this row of the chunk)
+        pieces = []  # (split, its rows i:j, at this row of the chunk)
+        for k, name in enumerate(names):
+            first_row, end_row = max(lo, starts[k]), min(hi, starts[k + 1])  # this batch's stream rows of split k
+            if first_row < end_row:
+                pieces.append((name, first_row - starts[k], end_row - starts[k], first_row - lo))
+        for name, i, j, at in pieces:
             chunk[at:at + j - i] = splits[name][i:j]
         chunk[hi - lo:] = 0
         f = extractor(chunk)

@@ -60,7 +60,6 @@ def main():
         nav(page, "2 · Base & layers")
         page.get_by_text("Locked layers").wait_for(timeout=120000)
         if RPS:
-            import re
             size = page.get_by_role("spinbutton", name=re.compile("Image size"))
             size.fill("160")
             size.press("Enter")

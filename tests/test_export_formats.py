@@ -17,7 +17,9 @@ from core.cli import main
 from tests.conftest import learner_config, write_colour_images
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = dict(cut="conv2_block3_out", dense=[16], epochs=8, batch_size=16, seed=0)
+# 64 units: 16 on these random ResNet features reach 1.0 or not by the luck of the seed and batch
+# order (0.89-1.0 over seeds 0-2); 64 reach it under each
+CONFIG = dict(cut="conv2_block3_out", dense=[64], epochs=8, batch_size=16, seed=0)
 
 
 def run_py(args, cwd=ROOT, timeout=300):

@@ -522,7 +522,7 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
                 # dropout draws from the global seed: from here on, the same masks as the same
                 # head side by side with others (train_together), on the same batches
                 keras.utils.set_random_seed(config.seed)
-            fit_val = _feature_dataset(f_val, y_val)
+            fit_val = _feature_dataset(f_val, y_val) if len(f_val) else None
             recorder.start_phase(ph.name, ph.lr, fit_model.weights)
             score_x = f_train
         else:
@@ -709,7 +709,8 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
         keras.utils.set_random_seed(first.seed)  # the dropout masks each head would draw alone (see _execute)
         joint.fit(_feature_dataset(f_train, (y_train,) * n, first.batch_size, first.seed, first.epochs),
                   steps_per_epoch=_steps(len(f_train), first.batch_size),
-                  validation_data=_feature_dataset(f_val, (y_val,) * n), epochs=first.epochs, verbose=0,
+                  validation_data=_feature_dataset(f_val, (y_val,) * n) if len(f_val) else None, epochs=first.epochs,
+                  verbose=0,
                   callbacks=[_side_by_side_callback(recorders, stop, score)])
         timings["fit_s"] = time.perf_counter() - t
         ran = True

@@ -1041,9 +1041,10 @@ def _validate_on_features(built, config, f_val, y_val):
     the same loss and accuracy as Keras' validation of the whole model (up to rounding)."""
     head = _head_model(built, name="head_validation")  # the model's own head layers
     compile_model(head, config)  # for evaluate only: never fit
+    batches = _feature_dataset(f_val, y_val)  # as the head on cached features validates
 
     def validate(model) -> dict:
-        scores = head.evaluate(f_val, y_val, batch_size=VAL_FEATURE_BATCH, verbose=0, return_dict=True)
+        scores = head.evaluate(batches, verbose=0, return_dict=True)
         return {"val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"])}
 
     return validate

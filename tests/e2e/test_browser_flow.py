@@ -256,6 +256,9 @@ def test_upload_a_zip_through_the_real_file_input(server, browser, shots_dir, tm
     s.page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(zpath))
     s.page.get_by_text("Images per class").first.wait_for()
     s.page.get_by_text(re.compile(r"^dogs \(\d+ train\)")).first.wait_for()  # the last class's thumbnails
+    # The skip warning comes after every thumbnail: on a busy machine it can still be on its way when
+    # the running indicator blinks off between two reruns, so it is waited for by its own text.
+    s.page.get_by_text(re.compile(r"file\(s\) were skipped")).first.wait_for()
     s.idle()
     body = s.page.locator("section.main, [data-testid='stMain']").first.inner_text()
     assert "cats" in body and "dogs" in body

@@ -518,25 +518,28 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
             else:
                 fit_x, fit_y = _feature_dataset(f_train, y_train, config.batch_size, config.seed, ph.epochs,
                                                 first_epoch=len(recorder.history)), None
-                fit_kwargs = dict(steps_per_epoch=_steps(len(f_train), config.batch_size))
+                fit_kwargs = dict(steps_per_epoch=_steps(len(f_train), config.batch_size), shuffle=False)
                 # dropout draws from the global seed: from here on, the same masks as the same
                 # head side by side with others (train_together), on the same batches
                 keras.utils.set_random_seed(config.seed)
             fit_val = _feature_dataset(f_val, y_val) if len(f_val) else None
+            val_steps = _steps(len(f_val), VAL_FEATURE_BATCH)
             recorder.start_phase(ph.name, ph.lr, fit_model.weights)
             score_x = f_train
         else:
             x_train, x_val = images()
-            fit_x, fit_y = _pipeline(x_train, y_train, config), None
-            fit_val = (x_val.astype(np.float32), y_val)
-            fit_kwargs = dict(shuffle=False)  # the pipeline shuffles itself
+            fit_x, fit_y = _pipeline(x_train, y_train, config, ph.epochs, first_epoch=len(recorder.history)), None
+            fit_val = _pipeline(x_val, y_val, config, train=False) if len(x_val) else None
+            val_steps = _steps(len(x_val), config.batch_size)
+            # each pipeline orders its batches itself
+            fit_kwargs = dict(steps_per_epoch=_steps(len(x_train), config.batch_size), shuffle=False)
             recorder.start_phase(ph.name, ph.lr, built.model.weights)
             score_x = x_train  # the images as decoded: the pipeline's augmentation is not in the model
             if any(type(layer).__name__ in BATCHNORM_TYPES and layer.trainable for layer in built.base.layers):
                 # BatchNorm learning from scratch: its moving statistics lag far behind the
                 # weights on a small dataset, and inference (validation too) would see vanished
                 # features. Re-estimate them from training images before each validation.
-                recorder.validate = _validate_after_recalibration(built, x_train, fit_val, config.batch_size)
+                recorder.validate = _validate_after_recalibration(built, x_train, fit_val, config.batch_size, val_steps)
                 fit_val = None
             elif built.base_frozen and len(x_val):
                 # a locked base gives the same validation features every epoch: one pass of the
@@ -552,6 +555,8 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
             recorder.score = lambda model, x=score_x: inference_accuracy(model, x, y_train, config.batch_size)
         if config.class_weights:
             fit_kwargs["class_weight"] = data.class_weights()
+        if fit_val is not None:  # one pass of a finite dataset (else Keras warns that it ran out)
+            fit_kwargs["validation_steps"] = val_steps
         t = time.perf_counter()
         first = len(recorder.history)
         fit_model.fit(fit_x, fit_y, validation_data=fit_val, epochs=ph.epochs, verbose=0,
@@ -708,9 +713,9 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
         t = time.perf_counter()
         keras.utils.set_random_seed(first.seed)  # the dropout masks each head would draw alone (see _execute)
         joint.fit(_feature_dataset(f_train, (y_train,) * n, first.batch_size, first.seed, first.epochs),
-                  steps_per_epoch=_steps(len(f_train), first.batch_size),
-                  validation_data=_feature_dataset(f_val, (y_val,) * n) if len(f_val) else None, epochs=first.epochs,
-                  verbose=0,
+                  steps_per_epoch=_steps(len(f_train), first.batch_size), shuffle=False,
+                  validation_data=_feature_dataset(f_val, (y_val,) * n) if len(f_val) else None,
+                  validation_steps=_steps(len(f_val), VAL_FEATURE_BATCH), epochs=first.epochs, verbose=0,
                   callbacks=[_side_by_side_callback(recorders, stop, score)])
         timings["fit_s"] = time.perf_counter() - t
         ran = True
@@ -912,39 +917,52 @@ def _head_model(built, name: str = "head_on_features"):
     return keras.Model(inp, x, name=name)
 
 
-def _pipeline(x, y, config: ExperimentConfig):
-    """Images decoded once (``x``, uint8, in memory) → shuffle → batch → float → augment → prefetch."""
+def _pipeline(x, y, config: ExperimentConfig, epochs: int = 1, first_epoch: int = 0, train: bool = True):
+    """Images decoded once (``x``, uint8, in memory) as one ``tf.data`` pipeline for all ``epochs``
+    of a fit (pass ``steps_per_epoch``, see :func:`_steps`): batches gathered in each epoch's
+    order (:func:`_batches`) → float → augment → prefetch. ``train=False``: validation, the
+    images in order, one pass, no augmentation.
+
+    One iterator for the whole fit with tf.data's autotuning off, as for cached features: Keras
+    makes a new iterator each epoch for a finite dataset, and with autotuning on ending the last
+    one waited on the autotuner's thread (0.3-2.3 s at epoch starts, about 18 % of an augmented
+    fit of 900 images at 160 px)."""
     import tensorflow as tf
 
     from core.augment import augmentation_model
 
-    aug = augmentation_model(config.augment, config.seed)
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
+    aug = augmentation_model(config.augment, config.seed) if train else None
+    ds = _batches(x, y, config.batch_size, config.seed if train else None, epochs if train else 1, first_epoch)
+    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
     if aug is not None:
         # one call at a time: the random layers draw from one seeded stream in batch order,
         # so a seed gives the same augmentations (each call is a whole batch, vectorised)
         ds = ds.map(lambda a, b: (aug(a, training=True), b))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _no_autotune(ds.prefetch(1))
 
 
 def _feature_dataset(f: np.ndarray, y, batch_size: int = VAL_FEATURE_BATCH, seed: int | None = None,
                      epochs: int = 1, first_epoch: int = 0):
     """Cached features and labels (``y``: one array, or a tuple of them for heads side by side)
     as one ``tf.data`` pipeline for all ``epochs`` of a fit (pass ``steps_per_epoch``, see
-    :func:`_steps`): each epoch in a new order drawn from ``seed`` and the epoch's number
-    (counted from ``first_epoch``: a later phase or a continued run goes on to new orders;
-    stateless: the same orders for the same seed, under any strategy), or in order when
-    ``seed`` is None (validation: batches of up to 256, one compiled shape and few steps).
+    :func:`_steps`), in the orders of :func:`_batches`, or in order when ``seed`` is None
+    (validation: batches of up to 256, one compiled shape and few steps).
 
     One iterator serves the whole fit, and tf.data's autotuning is off: with a new iterator each
     epoch (Keras' own array input), ending the last one waited on the autotuner's thread for
     0.4-0.6 s at many epoch starts, about 2 s of a 10-epoch head fit on rps_phone."""
+    return _no_autotune(_batches(np.asarray(f, np.float32), y, batch_size, seed, epochs, first_epoch).prefetch(1))
+
+
+def _batches(x: np.ndarray, y, batch_size: int, seed: int | None, epochs: int, first_epoch: int):
+    """``x`` and ``y`` (an array or a tuple of arrays) batched for ``epochs`` epochs, each in a
+    new order drawn from ``seed`` and the epoch's number (counted from ``first_epoch``: a later
+    phase or a continued run goes on to new orders; stateless: the same orders for the same seed,
+    under any strategy), or in order when ``seed`` is None. ``x`` keeps its dtype."""
     import tensorflow as tf
 
-    f = np.asarray(f, np.float32)
-    n, bs = len(f), max(1, int(batch_size))
-    feats = tf.convert_to_tensor(f)
+    n, bs = len(x), max(1, int(batch_size))
+    xs = tf.convert_to_tensor(x)
     labels = tf.nest.map_structure(tf.convert_to_tensor, y)
 
     def epoch_order(e):
@@ -955,10 +973,15 @@ def _feature_dataset(f: np.ndarray, y, batch_size: int = VAL_FEATURE_BATCH, seed
         return tf.data.Dataset.from_tensor_slices(order).batch(bs)
 
     ds = tf.data.Dataset.range(int(first_epoch), int(first_epoch) + max(1, int(epochs))).flat_map(epoch_order)
-    ds = ds.map(lambda i: (tf.gather(feats, i), tf.nest.map_structure(lambda t: tf.gather(t, i), labels)))
+    return ds.map(lambda i: (tf.gather(xs, i), tf.nest.map_structure(lambda t: tf.gather(t, i), labels)))
+
+
+def _no_autotune(ds):
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.autotune.enabled = False
-    return ds.prefetch(1).with_options(options)
+    return ds.with_options(options)
 
 
 def _steps(n: int, batch_size: int) -> int:
@@ -1017,10 +1040,14 @@ def recalibrate_batchnorm(built, x: np.ndarray, batch_size: int, limit: int = 51
             layer.momentum = m
 
 
-def _validate_after_recalibration(built, x_train, val, batch_size):
+def _validate_after_recalibration(built, x_train, val, batch_size, val_steps):
+    """``val``: the validation batches (:func:`_pipeline` with ``train=False``, ``val_steps`` of
+    them), or None."""
     def validate(model) -> dict:
         recalibrate_batchnorm(built, x_train, batch_size)
-        scores = model.evaluate(val[0], val[1], batch_size=batch_size, verbose=0, return_dict=True)
+        if val is None:
+            return {}
+        scores = model.evaluate(val, steps=val_steps, verbose=0, return_dict=True)
         return {"val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"])}
 
     return validate
@@ -1042,9 +1069,10 @@ def _validate_on_features(built, config, f_val, y_val):
     head = _head_model(built, name="head_validation")  # the model's own head layers
     compile_model(head, config)  # for evaluate only: never fit
     batches = _feature_dataset(f_val, y_val)  # as the head on cached features validates
+    steps = _steps(len(f_val), VAL_FEATURE_BATCH)
 
     def validate(model) -> dict:
-        scores = head.evaluate(batches, verbose=0, return_dict=True)
+        scores = head.evaluate(batches, steps=steps, verbose=0, return_dict=True)
         return {"val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"])}
 
     return validate

@@ -356,3 +356,37 @@ def test_feature_batches_cover_every_example_once_an_epoch_in_seeded_orders():
     # in order (validation), labels as a tuple for heads side by side
     (a, (b1, b2)), = list(_feature_dataset(f, (y, y)))
     assert list(a.numpy().ravel() / 10) == list(range(10)) and list(b1.numpy()) == list(b2.numpy()) == list(y)
+
+
+def test_image_pipeline_serves_every_epoch_from_one_iterator_and_validates_in_order():
+    from core.train import _pipeline, _steps
+
+    # image i is filled with the value i: each batch says which images it holds
+    x = np.repeat(np.arange(10, dtype=np.uint8), 4 * 4 * 3).reshape(10, 4, 4, 3)
+    y = np.arange(10) % 3
+    cfg = tiny_config(batch_size=4, augment="none", seed=5)
+    steps = _steps(10, 4)
+    batches = list(_pipeline(x, y, cfg, epochs=3))
+    assert len(batches) == 3 * steps  # one pipeline for the whole fit: Keras reads steps_per_epoch from it
+    orders = []
+    for e in range(3):
+        epoch = batches[e * steps:(e + 1) * steps]
+        assert [len(a) for a, _ in epoch] == [4, 4, 2]
+        assert all(a.dtype.name == "float32" for a, _ in epoch)
+        idx = np.concatenate([a.numpy()[:, 0, 0, 0] for a, _ in epoch]).astype(int)
+        assert sorted(idx) == list(range(10))  # each image once an epoch
+        for a, b in epoch:
+            assert list(b.numpy()) == list(a.numpy()[:, 0, 0, 0].astype(int) % 3)  # labels stay with their images
+        orders.append(list(idx))
+    assert len({tuple(o) for o in orders}) == 3  # a new order each epoch, drawn from the seed
+    rerun = np.concatenate([a.numpy()[:, 0, 0, 0] for a, _ in _pipeline(x, y, cfg, epochs=3)]).astype(int)
+    assert list(rerun) == sum(orders, [])  # the same orders for the same seed
+    again = list(_pipeline(x, y, cfg, epochs=1, first_epoch=2))
+    assert list(np.concatenate([a.numpy()[:, 0, 0, 0] for a, _ in again]).astype(int)) == orders[2]
+    # validation: in order, one pass, never augmented even when training is
+    val = list(_pipeline(x, y, tiny_config(batch_size=4, augment="default"), train=False))
+    assert [len(a) for a, _ in val] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([a.numpy() for a, _ in val]), x.astype(np.float32))
+    # training with augmentation: the images move, the labels do not
+    aug = list(_pipeline(x, y, tiny_config(batch_size=4, augment="default"), epochs=1))
+    assert sum(len(a) for a, _ in aug) == 10 and aug[0][0].shape[1:] == (4, 4, 3)

@@ -513,15 +513,12 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
             f_train, f_val = features
             if stop.is_set() or f_train is None:
                 break
-            if isinstance(f_train, np.memmap):  # too large to load: batches read from disk
-                fit_x, fit_y, fit_kwargs = _feature_batches(f_train, y_train, config), None, dict(shuffle=False)
-            else:
-                fit_x, fit_y = _feature_dataset(f_train, y_train, config.batch_size, config.seed, ph.epochs,
-                                                first_epoch=len(recorder.history)), None
-                fit_kwargs = dict(steps_per_epoch=_steps(len(f_train), config.batch_size), shuffle=False)
-                # dropout draws from the global seed: from here on, the same masks as the same
-                # head side by side with others (train_together), on the same batches
-                keras.utils.set_random_seed(config.seed)
+            fit_x, fit_y = _feature_dataset(f_train, y_train, config.batch_size, config.seed, ph.epochs,
+                                            first_epoch=len(recorder.history)), None
+            fit_kwargs = dict(steps_per_epoch=_steps(len(f_train), config.batch_size), shuffle=False)
+            # dropout draws from the global seed: from here on, the same masks as the same
+            # head side by side with others (train_together), on the same batches
+            keras.utils.set_random_seed(config.seed)
             fit_val = _feature_dataset(f_val, y_val) if len(f_val) else None
             val_steps = _steps(len(f_val), VAL_FEATURE_BATCH)
             recorder.start_phase(ph.name, ph.lr, fit_model.weights)
@@ -697,7 +694,9 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
     timings["fit_s"] = 0.0
     ran = False
     if f_train is not None and not stop.is_set():
-        f_train, f_val = np.asarray(f_train, np.float32), np.asarray(f_val, np.float32)
+        if not isinstance(f_train, np.memmap):  # a memmap stays on disk: read a batch at a time
+            f_train = np.asarray(f_train, np.float32)
+        f_val = np.asarray(f_val, np.float32)
         with strategy.scope():
             heads = [_head_model(b, name=f"head_{i}") for i, b in enumerate(builts)]
             inp = keras.Input(tuple(f_train.shape[1:]), name="features")
@@ -708,8 +707,11 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
         score = None
         if first.score_train:
             def score(model):
-                probs = model.predict(f_train, batch_size=max(64, first.batch_size), verbose=0)
-                return [float(np.mean(np.argmax(p, -1) == y_train)) for p in probs]
+                step = max(64, first.batch_size)
+                probs = [model.predict_on_batch(np.asarray(f_train[i:i + step], np.float32))
+                         for i in range(0, len(f_train), step)]
+                return [float(np.mean(np.argmax(np.concatenate([np.asarray(b[k]) for b in probs]), -1) == y_train))
+                        for k in range(n)]
         t = time.perf_counter()
         keras.utils.set_random_seed(first.seed)  # the dropout masks each head would draw alone (see _execute)
         joint.fit(_feature_dataset(f_train, (y_train,) * n, first.batch_size, first.seed, first.epochs),
@@ -951,19 +953,36 @@ def _feature_dataset(f: np.ndarray, y, batch_size: int = VAL_FEATURE_BATCH, seed
     One iterator serves the whole fit, and tf.data's autotuning is off: with a new iterator each
     epoch (Keras' own array input), ending the last one waited on the autotuner's thread for
     0.4-0.6 s at many epoch starts, about 2 s of a 10-epoch head fit on rps_phone."""
-    return _no_autotune(_batches(np.asarray(f, np.float32), y, batch_size, seed, epochs, first_epoch).prefetch(1))
+    if not isinstance(f, np.memmap):  # a memmap (too large to load) is read a batch at a time
+        f = np.asarray(f, np.float32)
+    return _no_autotune(_batches(f, y, batch_size, seed, epochs, first_epoch).prefetch(1))
 
 
 def _batches(x: np.ndarray, y, batch_size: int, seed: int | None, epochs: int, first_epoch: int):
     """``x`` and ``y`` (an array or a tuple of arrays) batched for ``epochs`` epochs, each in a
     new order drawn from ``seed`` and the epoch's number (counted from ``first_epoch``: a later
     phase or a continued run goes on to new orders; stateless: the same orders for the same seed,
-    under any strategy), or in order when ``seed`` is None. ``x`` keeps its dtype."""
+    under any strategy), or in order when ``seed`` is None. ``x`` keeps its dtype, except a
+    disk-backed ``np.memmap`` (cached features too large to load), whose batches are read from
+    disk as float32, each batch's rows in file order."""
     import tensorflow as tf
 
     n, bs = len(x), max(1, int(batch_size))
-    xs = tf.convert_to_tensor(x)
     labels = tf.nest.map_structure(tf.convert_to_tensor, y)
+    if isinstance(x, np.memmap):
+        def read(i):
+            return np.asarray(x[i], np.float32)
+
+        def take(i):
+            i = tf.sort(i)  # the same batch, read in file order
+            xb = tf.numpy_function(read, [i], tf.float32, stateful=False)
+            xb.set_shape((None, *x.shape[1:]))
+            return xb, tf.nest.map_structure(lambda t: tf.gather(t, i), labels)
+    else:
+        xs = tf.convert_to_tensor(x)
+
+        def take(i):
+            return tf.gather(xs, i), tf.nest.map_structure(lambda t: tf.gather(t, i), labels)
 
     def epoch_order(e):
         if seed is None:
@@ -973,7 +992,7 @@ def _batches(x: np.ndarray, y, batch_size: int, seed: int | None, epochs: int, f
         return tf.data.Dataset.from_tensor_slices(order).batch(bs)
 
     ds = tf.data.Dataset.range(int(first_epoch), int(first_epoch) + max(1, int(epochs))).flat_map(epoch_order)
-    return ds.map(lambda i: (tf.gather(xs, i), tf.nest.map_structure(lambda t: tf.gather(t, i), labels)))
+    return ds.map(take)
 
 
 def _no_autotune(ds):
@@ -987,29 +1006,6 @@ def _no_autotune(ds):
 def _steps(n: int, batch_size: int) -> int:
     """Batches in one epoch of ``n`` examples (the last one partial)."""
     return max(1, -(-int(n) // max(1, int(batch_size))))
-
-
-def _feature_batches(f: np.ndarray, y: np.ndarray, config: ExperimentConfig):
-    """Shuffled batches read from a disk-backed feature array (a memmap too large to load)."""
-    import keras
-
-    class Batches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.rng = np.random.default_rng(config.seed)
-            self.order = self.rng.permutation(len(f))
-
-        def __len__(self):
-            return -(-len(f) // config.batch_size)
-
-        def __getitem__(self, i):
-            idx = np.sort(self.order[i * config.batch_size:(i + 1) * config.batch_size])
-            return np.asarray(f[idx], np.float32), y[idx]
-
-        def on_epoch_end(self):
-            self.order = self.rng.permutation(len(f))
-
-    return Batches()
 
 
 def inference_accuracy(model, x, y, batch_size: int = 64) -> float:

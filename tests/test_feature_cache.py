@@ -117,15 +117,28 @@ def test_large_features_are_float16_on_disk_and_read_as_a_memmap(colour_data_ses
     monkeypatch.setattr(core_train, "FLOAT16_BYTES", 0)
     monkeypatch.setattr(core_train, "MEMMAP_BYTES", 0)
     seen = []
-    original = core_train._feature_batches
-    monkeypatch.setattr(core_train, "_feature_batches", lambda f, y, c: seen.append(type(f)) or original(f, y, c))
+    original = core_train._batches
+    monkeypatch.setattr(core_train, "_batches", lambda x, *a: seen.append(type(x)) or original(x, *a))
     from tests.conftest import learner_config
 
     r = train(learner_config(epochs=3), colour_data_session)
     (folder,) = (fresh_cache / "features").iterdir()
     assert np.load(folder / "train.npy", mmap_mode="r").dtype == np.float16
-    assert seen == [np.memmap] and len(r.history) == 3
+    assert seen[0] == np.memmap and len(r.history) == 3  # the training features were never loaded whole
     assert r.history[-1]["loss"] < r.history[0]["loss"]
+
+    # read from disk a batch at a time: the same batches as the loaded array gives, rows in file order
+    mm = np.load(folder / "train.npy", mmap_mode="r")
+    y = np.arange(len(mm)) % 3
+    steps = core_train._steps(len(mm), 8)
+    from_disk = list(original(mm, y, 8, 4, 2, 0))
+    in_memory = list(original(np.asarray(mm, np.float32), y, 8, 4, 2, 0))
+    assert len(from_disk) == len(in_memory) == 2 * steps
+    for (a, ya), (b, yb) in zip(from_disk, in_memory):
+        assert a.dtype.name == "float32" and a.shape == b.shape
+        rows_a = sorted(map(tuple, np.c_[a.numpy().reshape(len(a), -1), ya.numpy()]))
+        rows_b = sorted(map(tuple, np.c_[b.numpy().reshape(len(b), -1), yb.numpy()]))
+        assert rows_a == rows_b  # the same rows, each with its label
 
 
 def test_the_feature_stream_gives_each_split_its_own_images_features(colour_data_session, tmp_path):

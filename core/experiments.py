@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
+import re
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -57,6 +58,7 @@ class Progress:
     phase: str = ""
     lr: float | None = None
     eta_s: float | None = None
+    eta_scope: str = "run"  # "phase": the ETA leaves out a later phase not timed yet (fine-tuning after the head)
     run_index: int = 1  # compare: 1-based index of the run in progress (the first, when several)
     runs: int = 1
     together: int = 1  # compare: runs going side by side (heads trained in one fit)
@@ -94,7 +96,7 @@ class Progress:
         if self.together > 1:
             last = self.run_index + self.together - 1
             prefix = f"Runs {self.run_index}–{last}/{self.runs} side by side: "
-        eta = f" · about {format_seconds(self.eta_s)} left" if self.eta_s is not None and self.active else ""
+        eta = f" · {self.eta_text()}" if self.eta_text() else ""
         stopping = " · stopping at the next batch…" if self.stop_requested and self.active else ""
         if self.status == "queued" or (self.status == "running" and self.phase in ("", "starting")):
             return prefix + "starting the training process and building the model…" + stopping
@@ -105,10 +107,18 @@ class Progress:
             batch = f", batch {self.batch}/{self.batches}" if self.batches else ""
             return prefix + f"epoch {epoch}/{self.epochs}{batch}{eta}{stopping}"
         if self.status == "stopped":
-            return f"Stopped; {self.message}"
+            if self.message.lower().startswith("stopped"):  # "stopped after 3 epoch(s); …": said once
+                return "S" + self.message[1:]
+            return f"Stopped; {self.message}" if self.message else "Stopped"
         if self.status == "failed":
             return f"Failed: {self.message}"
         return self.message or "Done"
+
+    def eta_text(self) -> str:
+        """"about 2 min 05 s left" (or "… left in this phase"), "" when there is no estimate."""
+        if self.eta_s is None or not self.active:
+            return ""
+        return f"about {format_seconds(self.eta_s)} left" + (" in this phase" if self.eta_scope == "phase" else "")
 
     def elapsed(self) -> float:
         if self.started_at is None:
@@ -355,7 +365,7 @@ class RunHandle:
         p.lr = prog.get("lr")
         if p.lr is None and current.history:
             p.lr = current.history[-1].get("lr")
-        p.eta_s = prog.get("eta_s")
+        p.eta_s, p.eta_scope = prog.get("eta_s"), prog.get("eta_scope") or "run"
         p.best_epoch, p.best_val_accuracy, p.outcome = current.best_epoch, current.best_val_accuracy, current.outcome
         p.started_at = min((r.started for r in recs if r.started), default=None) or recs[0].created
         p.finished_at = current.finished if not current.active else None
@@ -497,11 +507,13 @@ def launch_problems(config: ExperimentConfig) -> list[str]:
     problems = config.problems()
     if problems:
         return problems
-    from core.freeze import FreezeSpec
-
     from core.baseinfo import base_facts
+    from core.freeze import FreezeSpec, fine_tune_problem
 
     info, problem = base_facts(config.base, config.resolved_image_size(), float(config.alpha), config.weights)
+    too_many = fine_tune_problem(info, config) if config.fine_tunes() else None
+    if too_many:
+        problems.append(too_many)
     spec = FreezeSpec.parse(config.freeze)
     if spec.mode in ("up-to", "unlock") or config.cut:
         from core.bases import unknown_cut
@@ -539,9 +551,23 @@ def start_continue(workspace, run_id: str, epochs: int = 0, fine_tune_layers: in
                           "Received: nothing to add")
     more = {"epochs": int(epochs or 0), "fine_tune_layers": int(fine_tune_layers or 0),
             "fine_tune_epochs": None if fine_tune_epochs is None else int(fine_tune_epochs)}
+    if more["fine_tune_layers"]:  # refused here, before the run's row changes
+        from core.baseinfo import base_facts
+        from core.freeze import fine_tune_problem
+
+        cfg = ExperimentConfig.from_dict(rec.config)
+        info, _ = base_facts(cfg.base, cfg.resolved_image_size(), float(cfg.alpha), "none")
+        too_many = fine_tune_problem(info, cfg, more["fine_tune_layers"])
+        if too_many:
+            raise ConfigError(f"continue: {too_many}")
     job = {"data": str(Path(rec.run_dir) / "data.json"),
            "runs": [{"id": rec.id, "config": json.dumps(rec.config), "run_dir": rec.run_dir, "continue": more}]}
-    store.resume(rec.id)
+    more_ft = more["fine_tune_epochs"] if more["fine_tune_epochs"] is not None else int(rec.config.get("fine_tune_epochs") or 0)
+    label = None
+    if more["fine_tune_layers"] and more_ft:  # named for what it now is, like a run planned with fine-tuning
+        label = re.sub(r", fine-tune top \d+$", "", rec.label) + fine_tune_label(more["fine_tune_layers"])
+    store.resume(rec.id, epochs=len(store.get(rec.id).history) + more["epochs"] + (more_ft if more["fine_tune_layers"] else 0),
+                 label=label)
     release_base_facts()  # the base-facts child's TensorFlow goes before the worker's comes
     proc = multiprocessing.get_context("spawn").Process(target=run_job, args=(str(store.path), job),
                                                          name="transfer-lab-continue", daemon=True)
@@ -554,7 +580,12 @@ def start_continue(workspace, run_id: str, epochs: int = 0, fine_tune_layers: in
 def run_label(config: ExperimentConfig) -> str:
     rates = "/".join(f"{r:g}" for r in config.dropout_rates())
     size = config.resolved_image_size()
-    return f"{config.base} {size}px, {config.weights_label()}, lock {config.freeze}, dropout {rates}"
+    ft = fine_tune_label(config.fine_tune_layers) if config.fine_tunes() else ""
+    return f"{config.base} {size}px, {config.weights_label()}, lock {config.freeze}, dropout {rates}{ft}"
+
+
+def fine_tune_label(layers: int) -> str:
+    return f", fine-tune top {int(layers)}"
 
 
 # -- the Runs view: a workspace's runs as tables and curves ------------------------------------------

@@ -239,6 +239,25 @@ def cut_index(base, cut: str | None) -> int:
     return names.index(cut)
 
 
+def fine_tune_problem(base, config, layers: int | None = None) -> str | None:
+    """Why fine-tuning the top ``layers`` (default ``config.fine_tune_layers``) base layers cannot be
+    done: more than the base has up to its cut. None when it can (0 asks for no fine-tuning)."""
+    from core.baseinfo import as_info
+
+    n = config.fine_tune_layers if layers is None else layers
+    if not n:
+        return None
+    info = as_info(base)
+    total = cut_index(info, config.cut) + 1
+    if n <= total:
+        return None
+    from core.bases import BASES
+
+    spec = BASES.get(config.base)
+    where = f"the layers of {spec.label if spec else info.name}" + (f" up to the cut at {config.cut}" if config.cut else "")
+    return f"fine_tune_layers: Expected 0 to {total} ({where}). Received: {n}"
+
+
 def lockable_names(base, config) -> list[str]:
     """Layers up to the cut whose weights a lock decides (BatchNorm only if it may train)."""
     from core.baseinfo import as_info

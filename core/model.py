@@ -15,6 +15,11 @@ from core.freeze import BATCHNORM_TYPES, apply_freeze, base_is_frozen, batchnorm
 def from_scratch_warning(config: ExperimentConfig, base_frozen: bool | None = None) -> str | None:
     """The trap of weights none with every base layer locked, in words (None when not in it)."""
     frozen = config.freeze == "all" if base_frozen is None else base_frozen
+    if config.weights == "none" and frozen and config.fine_tunes():
+        return (f"weights none with every base layer locked: in the first phase the head learns from random "
+                f"features (expect about chance accuracy); fine-tuning then trains the top {config.fine_tune_layers} "
+                f"layers, still from random weights, at a low learning rate. To train from scratch, unlock layers "
+                f"(freeze none); for transfer learning, use a weights file")
     if config.weights == "none" and frozen:
         return ("weights none with every base layer locked: the head learns from random features "
                 "(in MobileNets they fade to almost zero, so expect chance accuracy). Unlock layers "

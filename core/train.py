@@ -459,6 +459,11 @@ def _execute(config, data, listeners, stop, run_dir, base=None, strategy=None, p
         phases = [_Phase("head" if built.base_frozen else "train", config.epochs, config.lr)]
         if config.fine_tunes():
             phases.append(_Phase("fine-tune", config.fine_tune_epochs, config.resolved_fine_tune_lr(), config.fine_tune_layers))
+    from core.freeze import fine_tune_problem
+
+    too_many = sorted({fine_tune_problem(built.base, config, ph.unlock_top) for ph in phases} - {None})
+    if too_many:  # refused before the first epoch: a continued run's folder is left as it was
+        raise ConfigError(too_many)
     before = list(resume.history) if resume else []
     run_id = resume.run_id if resume else (run_id or new_run_id())
     first_path = _path_of(built, config) if not phases[0].unlock_top else "full"

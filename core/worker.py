@@ -98,10 +98,13 @@ class StoreListener(TrainingListener):
         self._phase = None
         self._last = 0.0
         self._first = None
-        self._durations: list[float] = []
+        self._durations: dict[str, list[float]] = {}  # per phase: a fine-tuning epoch costs more than a head's
+        self._phases: list[tuple[str, int, int]] = []  # (phase, first epoch, last epoch) from the plan
+        self._scope = "run"  # what the ETA covers: "run", or "phase" while a later phase is not timed yet
 
     def _progress(self, **kw) -> dict:
-        return {"path": self.path, "epochs": self.epochs, "epochs_done": self.epochs_done, "lr": self.lr, **kw}
+        return {"path": self.path, "epochs": self.epochs, "epochs_done": self.epochs_done, "lr": self.lr,
+                "eta_scope": self._scope, **kw}
 
     def on_train_begin(self, plan) -> None:
         self.epochs = int(getattr(plan, "epochs", 0) or 0)
@@ -109,6 +112,8 @@ class StoreListener(TrainingListener):
         self.lr = getattr(plan, "lr", None) or getattr(getattr(plan, "config", None), "lr", None)
         self.warnings = list(getattr(plan, "warnings", []) or [])
         self.epochs_done = int(getattr(plan, "initial_epoch", 0) or 0)  # a continued run numbers on
+        self._phases = [(str(ph["phase"]), int(ph["first_epoch"]), int(ph["last_epoch"]))
+                        for ph in (getattr(plan, "phases", None) or []) if ph.get("epochs")]
         self._mark = self.clock()
         self.store.set_progress(self.run_id, self._progress(phase="starting", epoch=0, batch=0, batches=0, eta_s=None),
                                 epochs=self.epochs)
@@ -133,7 +138,8 @@ class StoreListener(TrainingListener):
                                                                 batches=batches, eta_s=eta))
 
     def eta(self, phase: str, epoch: int, batch: int, batches: int, now: float) -> float | None:
-        """Seconds left: of the features pass while in it, else of this epoch plus the epochs to come."""
+        """Seconds left: of the features pass while in it, else of this epoch plus the epochs to come
+        (each at its own phase's pace; those of a phase not timed yet are left out, see ``_scope``)."""
         if not batch or not batches or self._mark is None:
             return None
         if batch > 1 and self._first is not None:
@@ -143,10 +149,28 @@ class StoreListener(TrainingListener):
         rest = per_batch * (batches - batch)
         if phase == "features":
             return rest
-        per_epoch = self._per_epoch() or per_batch * batches
-        if len(self._durations) == 1 and batch > 1:  # the one epoch timed so far also traced the graph
-            per_epoch = min(per_epoch, per_batch * batches)
-        return rest + per_epoch * max(0, self.epochs - max(epoch, self.epochs_done + 1))
+        timed = self._durations.get(phase, [])
+        if batch == 1 and not timed:  # the phase's first batch also traced (and compiled) its graph: no guess
+            return None
+        this = self._per_epoch(phase) or per_batch * batches
+        if len(timed) == 1 and batch > 1:  # the one epoch timed so far also traced the graph
+            this = min(this, per_batch * batches)
+        return rest + self._epochs_left(max(epoch, self.epochs_done + 1), phase, this)
+
+    def _epochs_left(self, current: int, phase: str, this: float | None) -> float | None:
+        """Seconds of the epochs after ``current``: those of ``phase`` at ``this`` each, a later phase's at
+        its own timed pace. Sets ``_scope`` to "phase" when a later phase has no timed epoch yet."""
+        later = [(ph, max(first, current + 1), last) for ph, first, last in self._phases if last > current]
+        if not later:
+            later = [(phase, current + 1, self.epochs)]
+        total, self._scope = 0.0, "run"
+        for ph, first, last in later:
+            per = this if ph == phase else self._per_epoch(ph)
+            if per is None:
+                self._scope = "phase"
+                continue
+            total += per * max(0, last - first + 1)
+        return total
 
     def on_epoch_end(self, event) -> None:
         now = self.clock()
@@ -161,23 +185,30 @@ class StoreListener(TrainingListener):
         if row["lr"] is not None:
             self.lr = float(row["lr"])
         if self._mark is not None:
-            self._durations.append(now - self._mark)
+            self._durations.setdefault(row["phase"], []).append(now - self._mark)
         self._mark = now
         self.epochs = max(self.epochs, int(getattr(event, "epochs", 0) or 0))
         self.epochs_done = row["epoch"]
         self.store.add_epoch(self.run_id, row, epochs=self.epochs, best_epoch=getattr(event, "best_epoch", None))
         self._written = now
         self.store.set_progress(self.run_id, self._progress(phase=row["phase"], epoch=row["epoch"], batch=0,
-                                                            batches=0, eta_s=self._eta_after_epoch()))
+                                                            batches=0, eta_s=self._eta_after_epoch(row["phase"])))
 
-    def _per_epoch(self) -> float | None:
-        """Mean of the last epochs' durations (the first, which also traced the graph, only when alone)."""
-        recent = self._durations[1:][-3:] or self._durations[-1:]
+    def _per_epoch(self, phase: str) -> float | None:
+        """Mean of the phase's last epochs' durations (the first, which also traced the graph, only when alone)."""
+        durations = self._durations.get(phase, [])
+        recent = durations[1:][-3:] or durations[-1:]
         return sum(recent) / len(recent) if recent else None
 
-    def _eta_after_epoch(self) -> float | None:
-        per = self._per_epoch()
-        return None if per is None else per * max(0, self.epochs - self.epochs_done)
+    def _eta_after_epoch(self, phase: str) -> float | None:
+        if self.epochs_done >= self.epochs:
+            self._scope = "run"
+            return 0.0
+        nxt = next((ph for ph, first, last in self._phases if first <= self.epochs_done + 1 <= last), phase)
+        per = self._per_epoch(nxt)
+        if per is None:  # the next epoch starts a phase not timed yet (fine-tuning after the head)
+            return None
+        return per + self._epochs_left(self.epochs_done + 1, nxt, per)
 
 
 # -- the process ----------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def live():
              if p.phase not in ("", "starting", "done") else None,
              f"learning rate **{p.lr:.3g}**" if p.lr is not None else None,
              f"elapsed {format_seconds(p.elapsed())}" if p.started_at else None,
-             f"about **{format_seconds(p.eta_s)}** left" if p.active and p.eta_s is not None else None]
+             p.eta_text() or None]
     left, right = st.columns([5, 1])
     left.markdown(" · ".join(f for f in facts if f) or " ")
     if p.active:

@@ -142,6 +142,48 @@ def test_experiment_lines_labels_from_scratch(tmp_path):
     assert lines["Last run"].startswith("none (from scratch): completed after 1 epoch(s)")
 
 
+def test_labels_warnings_and_words_say_fine_tuning(tmp_path):
+    from core.experiments import RunHandle, open_store, run_label
+    from core.model import from_scratch_warning
+
+    plain = ExperimentConfig(**TINY)
+    fine = ExperimentConfig(**{**TINY, "fine_tune_layers": 20, "fine_tune_epochs": 3})
+    assert run_label(plain) == "mobilenet 32px, none (from scratch), lock all, dropout 0.2"
+    assert run_label(fine) == run_label(plain) + ", fine-tune top 20"  # two such runs are told apart
+    assert run_label(ExperimentConfig(**{**TINY, "fine_tune_layers": 20, "fine_tune_epochs": 0})) == run_label(plain)
+    assert "expect chance accuracy" in from_scratch_warning(plain)
+    said = from_scratch_warning(fine)
+    assert "first phase" in said and "top 20 layers, still from random weights" in said
+    store = open_store(_ws(tmp_path))
+    rid = store.create(plain.to_json(), label=run_label(plain), epochs=3)
+    store.start(rid)
+    for e in (1, 2):
+        store.add_epoch(rid, {"epoch": e, "loss": 0.5, "val_accuracy": 0.5})
+    store.finish(rid, "stopped", outcome="stopped")
+    assert RunHandle(store.path, rid).snapshot().text() == "Stopped after 2 epoch(s); best validation accuracy 50.0% at epoch 1"
+
+
+def test_continuing_with_more_layers_than_the_base_has_is_refused_and_the_run_kept(tmp_path):
+    from core.experiments import open_store, run_label, start_continue
+
+    ws = _ws(tmp_path)
+    store = open_store(ws)
+    cfg = ExperimentConfig(**TINY)
+    run_dir = ws.runs_dir / "r1"
+    run_dir.mkdir()
+    (run_dir / "model.keras").write_bytes(b"a saved model")
+    rid = store.create(cfg.to_json(), label=run_label(cfg), run_dir=run_dir, epochs=2)
+    store.start(rid)
+    store.add_epoch(rid, {"epoch": 1, "loss": 0.5, "val_accuracy": 0.5})
+    store.finish(rid, "finished", outcome="completed")
+    before = store.get(rid)
+    with pytest.raises(ConfigError, match=r"continue: fine_tune_layers: Expected 0 to \d+ \(the layers of MobileNet\)\. "
+                                          r"Received: 5000"):
+        start_continue(ws, rid, fine_tune_layers=5000, fine_tune_epochs=1)
+    after = store.get(rid)
+    assert (after.status, after.label, after.epochs, after.progress) == (before.status, before.label, 2, before.progress)
+
+
 def test_runs_view_filter_sort_curves_delete(tmp_path):
     from core.experiments import delete_runs, filter_runs, open_store, runs_curves, runs_table
 

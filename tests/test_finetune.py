@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -139,6 +140,32 @@ def test_continue_refuses_nothing_to_do_and_a_missing_run(tmp_path):
         continue_run(tmp_path / "run")
     with pytest.raises(ConfigError, match="epochs: Expected 0 or more"):
         continue_run(tmp_path / "run", epochs=-1)
+
+
+def test_fine_tuning_more_layers_than_the_base_has_is_refused_before_anything_runs(colour_data_session, tmp_path):
+    from core.bases import build_base
+    from core.config import ConfigError
+    from core.experiments import launch_problems
+
+    n = len(build_base("mobilenet", 32, 0.25, "none").layers)
+    said = f"fine_tune_layers: Expected 0 to {n} (the layers of MobileNet). Received: 500"
+    cfg = tiny_config(epochs=1, fine_tune_layers=500, fine_tune_epochs=1)
+    assert said in launch_problems(cfg)  # the Train page and the CLI's checks
+    assert not any("fine_tune" in p for p in launch_problems(tiny_config(fine_tune_layers=n, fine_tune_epochs=1)))
+    cut = launch_problems(tiny_config(cut="conv_pw_3_relu", fine_tune_layers=n, fine_tune_epochs=1))
+    assert [p for p in cut if "fine_tune" in p] == [
+        f"fine_tune_layers: Expected 0 to 23 (the layers of MobileNet up to the cut at conv_pw_3_relu). Received: {n}"]
+    ev = Events()
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        train(cfg, colour_data_session, listeners=[ev], run_dir=tmp_path / "refused")
+    assert ev.plans == [] and not (tmp_path / "refused" / "history.csv").exists()
+    # a finished run asked to fine-tune more than its base has: refused, its folder as it was
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), colour_data_session, run_dir=run)
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        continue_run(run, fine_tune_layers=500, fine_tune_epochs=1)
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(freeze="top:5", augment="default")], ids=["features", "tf.data"])

@@ -137,6 +137,8 @@ def test_runs_page_filter_overlay_open_delete():
     assert table["best val accuracy"].tolist()[:2] == [0.9, 0.6]
     at.text_input(key="w_runs_text").set_value("dropout").run()
     assert len(at.dataframe[0].value) == 2
+    at.text_input(key="w_runs_text").set_value("xyz-nothing").run()  # nothing shown: the page ends early
+    assert "0 of 3 run(s) shown." in texts(at.caption) and not at.exception and not at.subheader
     at.text_input(key="w_runs_text").set_value("").run()
     at.multiselect(key="w_runs_status").set_value(["failed"]).run()
     assert at.dataframe[0].value["status"].tolist() == ["failed"]

@@ -183,15 +183,20 @@ def _out_and_data(args, config):
 
 
 def cmd_train(args) -> int:
-
     config = config_from_args(args)  # ConfigError → exit 2 before any work
-    data = _out_and_data(args, config)
+    new_folder = not Path(args.out).exists()
+    try:
+        data = _out_and_data(args, config)
 
-    from core.train import make_strategy, train
+        from core.train import make_strategy, train
 
-    strategy = make_strategy(args.strategy)
-    result = _with_ctrl_c(lambda stop: train(config, data, listeners=[_Printer(args.quiet)], stop=stop,
-                                             run_dir=args.out, strategy=strategy))
+        strategy = make_strategy(args.strategy)
+        result = _with_ctrl_c(lambda stop: train(config, data, listeners=[_Printer(args.quiet)], stop=stop,
+                                                 run_dir=args.out, strategy=strategy))
+    except BaseException:  # refused (bad data, a setting the base cannot take): no empty run folder left behind
+        if new_folder and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
+            Path(args.out).rmdir()
+        raise
     return _summary(result, args.out)
 
 

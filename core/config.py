@@ -65,6 +65,10 @@ class ExperimentConfig:
     def resolved_fine_tune_lr(self) -> float:
         return float(self.fine_tune_lr) if self.fine_tune_lr is not None else float(self.lr) / 10
 
+    def total_epochs(self) -> int:
+        """The last epoch number a run of this config reaches: the first phase's, then fine-tuning's."""
+        return int(self.epochs) + (int(self.fine_tune_epochs) if self.fine_tunes() else 0)
+
     def fine_tunes(self) -> bool:
         """Whether a second, fine-tuning phase follows the head phase."""
         return bool(self.fine_tune_layers) and bool(self.fine_tune_epochs)

@@ -471,7 +471,7 @@ def _launch(workspace, kind: str, configs: list[ExperimentConfig], labels: list[
         rid = new_run_id() if kind == "train" else f"{group}-{len(runs) + 1}"
         run_dir = runs_root(workspace) / rid
         spec = write_data_spec(data, run_dir / "data.json")
-        store.create(cfg.to_json(), kind=kind, label=label, run_dir=run_dir, group=group, epochs=cfg.epochs, run_id=rid,
+        store.create(cfg.to_json(), kind=kind, label=label, run_dir=run_dir, group=group, epochs=cfg.total_epochs(), run_id=rid,
                      meta=metas[i] if metas else None)
         runs.append({"id": rid, "config": cfg.to_json(), "run_dir": str(run_dir)})
     job = {"data": str(spec), "runs": runs}

@@ -171,12 +171,13 @@ class RunStore:
 
     def resume(self, run_id: str, pid: int | None = None, epochs: int | None = None, label: str | None = None) -> None:
         """A finished or stopped run goes on (more epochs, fine-tuning): queued again, its epochs kept,
-        its last progress cleared (a page shows "starting", not the old run's last batch), ``epochs`` the
-        last epoch number it will now reach and ``label`` its new name (None: unchanged)."""
+        its last progress cleared and its clock restarted (a page shows "starting", not the old run's last
+        batch and time), ``epochs`` the last epoch number it will now reach and ``label`` its new name
+        (None: unchanged)."""
         now = time.time()
         self._write("UPDATE runs SET status='queued', outcome='', error='', stop_requested=0, finished=NULL, "
-                    "progress='{}', epochs=COALESCE(?, epochs), label=COALESCE(?, label), pid=?, updated=? WHERE id=?",
-                    (None if epochs is None else int(epochs), label, pid, now, run_id))
+                    "progress='{}', epochs=COALESCE(?, epochs), label=COALESCE(?, label), pid=?, started=?, updated=? "
+                    "WHERE id=?", (None if epochs is None else int(epochs), label, pid, now, now, run_id))
 
     def set_config(self, run_id: str, config_json: str) -> None:
         self._write("UPDATE runs SET config=?, updated=? WHERE id=?", (config_json, time.time(), run_id))

@@ -100,6 +100,8 @@ class StoreListener(TrainingListener):
         self._first = None
         self._durations: dict[str, list[float]] = {}  # per phase: a fine-tuning epoch costs more than a head's
         self._phases: list[tuple[str, int, int]] = []  # (phase, first epoch, last epoch) from the plan
+        self._tails: dict[str, float] = {}  # per phase: the last epoch's time after its last batch (validation)
+        self._batched = False  # a training batch of the current epoch was seen
         self._scope = "run"  # what the ETA covers: "run", or "phase" while a later phase is not timed yet
 
     def _progress(self, **kw) -> dict:
@@ -131,6 +133,7 @@ class StoreListener(TrainingListener):
         if batch == 1 or self._first is None:
             self._first = now  # the first batch of a pass also pays for tracing: time the others
         self._phase, self._last = phase, now
+        self._batched = self._batched or phase != "features"
         eta = self.eta(phase, int(event.epoch or 0), batch, batches, now)
         if batch >= batches or now - self._written >= self.every:
             self._written = now
@@ -152,10 +155,11 @@ class StoreListener(TrainingListener):
         timed = self._durations.get(phase, [])
         if batch == 1 and not timed:  # the phase's first batch also traced (and compiled) its graph: no guess
             return None
-        this = self._per_epoch(phase) or per_batch * batches
+        tail = self._tails.get(phase, 0.0)  # what follows the last batch: validation, the epoch's end
+        this = self._per_epoch(phase) or per_batch * batches + tail
         if len(timed) == 1 and batch > 1:  # the one epoch timed so far also traced the graph
-            this = min(this, per_batch * batches)
-        return rest + self._epochs_left(max(epoch, self.epochs_done + 1), phase, this)
+            this = min(this, per_batch * batches + tail)
+        return rest + tail + self._epochs_left(max(epoch, self.epochs_done + 1), phase, this)
 
     def _epochs_left(self, current: int, phase: str, this: float | None) -> float | None:
         """Seconds of the epochs after ``current``: those of ``phase`` at ``this`` each, a later phase's at
@@ -186,6 +190,9 @@ class StoreListener(TrainingListener):
             self.lr = float(row["lr"])
         if self._mark is not None:
             self._durations.setdefault(row["phase"], []).append(now - self._mark)
+        if self._batched:
+            self._tails[row["phase"]] = max(0.0, now - self._last)
+        self._batched = False
         self._mark = now
         self.epochs = max(self.epochs, int(getattr(event, "epochs", 0) or 0))
         self.epochs_done = row["epoch"]

@@ -103,6 +103,20 @@ def test_fine_tune_then_continue_from_the_command_line(trained_run, tmp_path):
     assert r.returncode == 2 and "Expected more epochs or a fine-tuning phase" in r.stderr
 
 
+def test_fine_tuning_more_layers_than_the_base_has_is_refused_and_leaves_nothing(trained_run, tmp_path):
+    _, data, run, _ = trained_run
+    out = tmp_path / "new_run"
+    r = run_cli("train", "--data", data, "--base", "mobilenet", "--alpha", "0.25", "--image-size", "32",
+                "--weights", "none", "--epochs", "1", "--fine-tune", "500", "--out", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error: fine_tune_layers: Expected 0 to 86 (the layers of MobileNet). Received: 500" in r.stderr
+    assert not out.exists()  # no empty run folder left behind
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    r = run_cli("continue", run, "--fine-tune", "500", "--fine-tune-epochs", "1")
+    assert r.returncode == 2 and "Expected 0 to 86" in r.stderr and "Traceback" not in r.stderr
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
+
+
 @pytest.mark.parametrize("argv,code,message", [
     (["train", "--data", "x", "--out", "y", "--dropout", "1.0"], 2, "dropout: Expected a rate with 0 <= rate < 1. Received: 1.0"),
     (["train", "--data", "x", "--out", "y", "--dropout", "-0.1"], 2, "Received: -0.1"),

@@ -150,6 +150,7 @@ def test_labels_warnings_and_words_say_fine_tuning(tmp_path):
     fine = ExperimentConfig(**{**TINY, "fine_tune_layers": 20, "fine_tune_epochs": 3})
     assert run_label(plain) == "mobilenet 32px, none (from scratch), lock all, dropout 0.2"
     assert run_label(fine) == run_label(plain) + ", fine-tune top 20"  # two such runs are told apart
+    assert (plain.total_epochs(), fine.total_epochs()) == (2, 5)  # what a launched run's row counts to
     assert run_label(ExperimentConfig(**{**TINY, "fine_tune_layers": 20, "fine_tune_epochs": 0})) == run_label(plain)
     assert "expect chance accuracy" in from_scratch_warning(plain)
     said = from_scratch_warning(fine)

@@ -128,8 +128,9 @@ def test_store_listener_driven_by_hand(tmp_path):
 
 
 def test_eta_counts_each_phase_at_its_own_pace(tmp_path):
-    """Head epochs on cached features take 1 s, fine-tuning epochs 10 s: the head's pace never stands for
-    fine-tuning; until a fine-tuning epoch is timed the estimate says it covers this phase only."""
+    """Head epochs on cached features take 1 s, fine-tuning epochs 10 s (8 s of batches, 2 s validating):
+    the head's pace never stands for fine-tuning; until a fine-tuning epoch is timed the estimate says it
+    covers this phase only; an epoch's validation counts once it has been seen."""
     from core.experiments import RunHandle
 
     store = RunStore(tmp_path / "runs.sqlite")
@@ -141,14 +142,17 @@ def test_eta_counts_each_phase_at_its_own_pace(tmp_path):
               {"phase": "fine-tune", "epochs": 3, "first_epoch": 3, "last_epoch": 5}]
     listener.on_train_begin(TrainPlan(rid, ExperimentConfig(), "features", 5, 10, 2, ["a", "b"], {}, phases=phases))
 
-    def epoch(n, phase, seconds, batches=4):
+    def epoch(n, phase, seconds, batches=4, validation=0.0):
         for b in range(1, batches + 1):
             now[0] += seconds / batches
             listener.on_batch_end(BatchEvent(rid, phase, n, b, batches))
             if n == 3 and b == 2:  # fine-tuning's first epoch, half done: timed by its own batches
                 p = RunHandle(store.path, rec_group).snapshot()
-                assert p.eta_s == pytest.approx(5.0 + 2 * 10.0) and p.eta_scope == "run"
-                assert "about 25 s left" in p.text() and "in this phase" not in p.text()
+                assert p.eta_s == pytest.approx(4.0 + 2 * 8.0) and p.eta_scope == "run"
+                assert "about 20 s left" in p.text() and "in this phase" not in p.text()
+            if n == 4 and b == 2:  # now its validation (2 s after the last batch) is known too
+                assert store.get(rid).progress["eta_s"] == pytest.approx(4.0 + 2.0 + 10.0)
+        now[0] += validation
         listener.on_epoch_end(EpochEvent(rid, phase, n, 5, {"epoch": n, "phase": phase, "val_accuracy": 0.5}))
 
     rec_group = store.get(rid).group
@@ -166,11 +170,11 @@ def test_eta_counts_each_phase_at_its_own_pace(tmp_path):
     listener.on_epoch_end(EpochEvent(rid, "head", 2, 5, {"epoch": 2, "phase": "head", "val_accuracy": 0.5}))
     assert store.get(rid).progress["eta_s"] is None  # fine-tuning comes next: no guess from the head's pace
     now[0] += 3.0  # unlocking and compiling again
-    epoch(3, "fine-tune", 10.0)
+    epoch(3, "fine-tune", 8.0, validation=2.0)
     assert store.get(rid).progress["eta_s"] == pytest.approx(2 * 13.0)  # its one timed epoch also compiled
-    epoch(4, "fine-tune", 10.0)
+    epoch(4, "fine-tune", 8.0, validation=2.0)
     assert store.get(rid).progress["eta_s"] == pytest.approx(10.0)  # the second epoch's pace from now on
-    epoch(5, "fine-tune", 10.0)
+    epoch(5, "fine-tune", 8.0, validation=2.0)
     assert store.get(rid).progress["eta_s"] == 0.0
 
 
@@ -180,9 +184,11 @@ def test_resuming_a_run_clears_its_last_progress(tmp_path):
     store.start(rid)
     store.set_progress(rid, {"phase": "head", "epoch": 3, "batch": 4, "batches": 4, "eta_s": 0.0, "epochs_done": 3})
     store.finish(rid, "stopped", outcome="stopped")
+    old_start = store.get(rid).started
+    time.sleep(0.01)
     store.resume(rid, epochs=8, label="mobilenet 32px, none, lock all, dropout 0.2, fine-tune top 20")
     rec = store.get(rid)
-    assert (rec.status, rec.progress, rec.epochs) == ("queued", {}, 8)
+    assert (rec.status, rec.progress, rec.epochs) == ("queued", {}, 8) and rec.started > old_start
     assert rec.label.endswith("fine-tune top 20")
     store.resume(rid)  # nothing given: the count and the name stay
     assert (store.get(rid).epochs, store.get(rid).label) == (8, rec.label)

@@ -562,12 +562,12 @@ def start_continue(workspace, run_id: str, epochs: int = 0, fine_tune_layers: in
             raise ConfigError(f"continue: {too_many}")
     job = {"data": str(Path(rec.run_dir) / "data.json"),
            "runs": [{"id": rec.id, "config": json.dumps(rec.config), "run_dir": rec.run_dir, "continue": more}]}
-    more_ft = more["fine_tune_epochs"] if more["fine_tune_epochs"] is not None else int(rec.config.get("fine_tune_epochs") or 0)
+    ft_epochs = 0 if not more["fine_tune_layers"] else (
+        more["fine_tune_epochs"] if more["fine_tune_epochs"] is not None else int(rec.config.get("fine_tune_epochs") or 0))
     label = None
-    if more["fine_tune_layers"] and more_ft:  # named for what it now is, like a run planned with fine-tuning
+    if ft_epochs:  # named for what it now is, like a run planned with fine-tuning
         label = re.sub(r", fine-tune top \d+$", "", rec.label) + fine_tune_label(more["fine_tune_layers"])
-    store.resume(rec.id, epochs=len(store.get(rec.id).history) + more["epochs"] + (more_ft if more["fine_tune_layers"] else 0),
-                 label=label)
+    store.resume(rec.id, epochs=len(store.get(rec.id).history) + more["epochs"] + ft_epochs, label=label)
     release_base_facts()  # the base-facts child's TensorFlow goes before the worker's comes
     proc = multiprocessing.get_context("spawn").Process(target=run_job, args=(str(store.path), job),
                                                          name="transfer-lab-continue", daemon=True)

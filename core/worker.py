@@ -161,7 +161,7 @@ class StoreListener(TrainingListener):
             this = min(this, per_batch * batches + tail)
         return rest + tail + self._epochs_left(max(epoch, self.epochs_done + 1), phase, this)
 
-    def _epochs_left(self, current: int, phase: str, this: float | None) -> float | None:
+    def _epochs_left(self, current: int, phase: str, this: float) -> float:
         """Seconds of the epochs after ``current``: those of ``phase`` at ``this`` each, a later phase's at
         its own timed pace. Sets ``_scope`` to "phase" when a later phase has no timed epoch yet."""
         later = [(ph, max(first, current + 1), last) for ph, first, last in self._phases if last > current]

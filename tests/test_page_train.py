@@ -90,17 +90,22 @@ def test_train_page_live_run_result_and_reattach(sample):
     assert at.session_state.run.result.run_id == result.run_id
     assert at.metric[0].label == "Validation accuracy"
 
-    # ... and trains it further: one more epoch, numbered on, in the same run
+    # ... and trains it further: one more epoch, then one of fine-tuning, numbered on, in the same run
     at.switch_page("pages/7_runs.py").run()
     at.number_input(key="w_runs_more").set_value(1).run()
+    at.number_input(key="w_runs_ft_layers").set_value(5).run()
+    at.number_input(key="w_runs_ft_epochs").set_value(1).run()
     at.button(key="runs_continue").click().run()
     assert not at.exception
     more = at.session_state.run
+    assert more.snapshot().epochs == 4  # the new total at once, not the finished run's
     assert more.join(180)
     at.switch_page("pages/4_train.py").run()
     assert not at.exception
-    assert "Run **completed** after 3 epoch(s)" in texts(at.success), texts(at.error)
-    assert [r["epoch"] for r in more.result.history] == [1, 2, 3]
+    assert "Run **completed** after 4 epoch(s)" in texts(at.success), texts(at.error)
+    assert [(r["epoch"], r["phase"]) for r in more.result.history] == [(1, "train"), (2, "train"), (3, "train"),
+                                                                       (4, "fine-tune")]
+    assert more.records()[0].label.endswith(", fine-tune top 5")
     assert len(list(at.session_state.workspace.runs_dir.iterdir())) == 1  # in place, no new run folder
     at.number_input(key="w_ft_layers").set_value(5).run()
     assert at.session_state.config.fine_tune_layers == 5 and "learning rate 1e-05" in texts(at.caption)

@@ -712,11 +712,7 @@ def train_together(configs: list[ExperimentConfig], data: DataSplits, listeners=
         score = None
         if first.score_train:
             def score(model):
-                step = max(64, first.batch_size)
-                probs = [model.predict_on_batch(np.asarray(f_train[i:i + step], np.float32))
-                         for i in range(0, len(f_train), step)]
-                return [float(np.mean(np.argmax(np.concatenate([np.asarray(b[k]) for b in probs]), -1) == y_train))
-                        for k in range(n)]
+                return inference_accuracies(model, f_train, y_train, first.batch_size)
         t = time.perf_counter()
         keras.utils.set_random_seed(first.seed)  # the dropout masks each head would draw alone (see _execute)
         joint.fit(_feature_dataset(f_train, (y_train,) * n, first.batch_size, first.seed, first.epochs),
@@ -1016,14 +1012,21 @@ def _steps(n: int, batch_size: int) -> int:
 def inference_accuracy(model, x, y, batch_size: int = 64) -> float:
     """Accuracy of ``model`` on ``x`` in inference mode (dropout off, BatchNorm on its moving
     statistics), read in batches so a disk-backed array is never loaded whole."""
+    return inference_accuracies(model, x, y, batch_size)[0]
+
+
+def inference_accuracies(model, x, y, batch_size: int = 64) -> list[float]:
+    """:func:`inference_accuracy` of each output of ``model`` (heads side by side: one per head)."""
     if not len(x):
-        return float("nan")
+        return [float("nan")] * len(model.outputs)
     step = max(64, int(batch_size))
-    hits = 0
+    hits = np.zeros(len(model.outputs), np.int64)
     for i in range(0, len(x), step):
         probs = model.predict_on_batch(np.asarray(x[i:i + step], np.float32))
-        hits += int(np.sum(np.argmax(np.asarray(probs), axis=-1) == np.asarray(y[i:i + step])))
-    return hits / len(x)
+        outputs = probs if isinstance(probs, (list, tuple)) else [probs]
+        yb = np.asarray(y[i:i + step])
+        hits += [int(np.sum(np.argmax(np.asarray(p), axis=-1) == yb)) for p in outputs]
+    return [float(h) / len(x) for h in hits]
 
 
 def recalibrate_batchnorm(built, x: np.ndarray, batch_size: int, limit: int = 512) -> None:

@@ -214,13 +214,14 @@ def test_heads_side_by_side_learn_as_each_would_alone(colour_data_session):
     nothing random) ends exactly where its own run does, and every run keeps a whole model."""
     from core.train import train, train_together
 
-    configs = [learner_config(epochs=4, dropout=r, dense=[], seed=7) for r in (0.0, 0.5, 0.8)]
+    configs = [learner_config(epochs=4, dropout=r, dense=[], seed=7, score_train=True) for r in (0.0, 0.5, 0.8)]
     together = train_together(configs, colour_data_session)
     alone = train(configs[0], colour_data_session)
     assert [r.config.dropout for r in together] == [0.0, 0.5, 0.8]
     assert all(r.path == "features" and len(r.history) == 4 and r.timings["together"] == 3 for r in together)
-    for key in ("accuracy", "val_loss", "val_accuracy"):
+    for key in ("accuracy", "val_loss", "val_accuracy", "train_eval_accuracy"):
         assert [h[key] for h in together[0].history] == pytest.approx([h[key] for h in alone.history], abs=1e-5)
+    assert all(0 <= h["train_eval_accuracy"] <= 1 for r in together for h in r.history)
     assert [h["loss"] for h in together[0].history] == pytest.approx([h["loss"] for h in alone.history], rel=1e-4)
     for a, b in zip(together[0].model.get_weights(), alone.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5)
